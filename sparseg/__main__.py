@@ -1,0 +1,5 @@
+import sys
+
+from sparseg.cli import main
+
+sys.exit(main())
