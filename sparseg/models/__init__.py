@@ -1,0 +1,75 @@
+"""Segmentation models: ``create_model(cfg.model, num_classes)`` (docs/architecture.md, "Model")."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from torch import nn
+
+from sparseg.config import ModelConfig
+from sparseg.models.deeplabv3plus import DeepLabV3Plus, SegmentationModel
+from sparseg.models.resnet import ResNet
+from sparseg.models.weights import LoadReport, WeightsError, load_encoder_weights
+from sparseg.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+MODELS: Registry[Callable[[ModelConfig, int], SegmentationModel]] = Registry("model")
+
+
+def _resnet(cfg: ModelConfig) -> ResNet:
+    return ResNet(
+        depth=int(cfg.encoder.removeprefix("resnet")),
+        stem=cfg.stem,
+        width=cfg.width,
+        output_stride=cfg.output_stride,
+        multi_grid=cfg.multi_grid,
+    )
+
+
+@MODELS.register("deeplabv3plus")
+def _deeplabv3plus(cfg: ModelConfig, num_classes: int) -> DeepLabV3Plus:
+    return DeepLabV3Plus(
+        _resnet(cfg),
+        num_classes,
+        aspp_rates=cfg.aspp_rates,
+        decoder_channels=cfg.decoder_channels,
+        dropout=cfg.dropout,
+        proj_dim=cfg.proj_dim,
+        aux_head=cfg.aux_head,
+    )
+
+
+def list_models() -> list[str]:
+    """Registered model names (values of ``model.name``)."""
+    return MODELS.names()
+
+
+def create_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """Build model ``cfg.name``; load ``cfg.pretrained`` into its encoder when set."""
+    model = MODELS.get(cfg.name)(cfg, num_classes)
+    if cfg.pretrained:
+        report = load_encoder_weights(model.encoder, cfg.pretrained, cfg.pretrained_layout)
+        logger.info("encoder weights from %s: %s", cfg.pretrained, report)
+        if report.unexpected:
+            logger.warning(
+                "%d keys in %s are not in the encoder: %s",
+                len(report.unexpected),
+                cfg.pretrained,
+                ", ".join(report.unexpected[:10]),
+            )
+    return model
+
+
+__all__ = [
+    "MODELS",
+    "DeepLabV3Plus",
+    "LoadReport",
+    "ResNet",
+    "SegmentationModel",
+    "WeightsError",
+    "create_model",
+    "list_models",
+    "load_encoder_weights",
+]

@@ -1,0 +1,255 @@
+"""Encoder weight loading through explicit key maps (protocols.md §5).
+
+Every check (layout, stem, missing keys, shapes) runs before anything is copied, so a failed load
+leaves the encoder untouched; there is never a silent ``strict=False``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+LAYOUTS = ("auto", "deepstem", "torchvision", "timm", "mmseg")
+
+# checkpoint containers, in order of preference (protocols.md §5: UniMatch, U2PL/DGCL, mmseg)
+_CONTAINER_KEYS = ("state_dict", "model", "model_state", "model_ema", "teacher_state", "ema", "net")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
+_MODEL_PREFIXES = ("backbone.", "encoder.")  # whole-model checkpoints: keep the backbone only
+# mmseg ResNetV1c stem -> deep-stem names (protocols.md §5)
+_MMSEG_STEM = {
+    "0": "conv1.0", "1": "conv1.1", "3": "conv1.3", "4": "conv1.4", "6": "conv1.6", "7": "bn1"
+}
+_AVGPOOL_DOWNSAMPLE = re.compile(r"^layer\d+\.\d+\.downsample\.2\.")
+_BLOCK = re.compile(r"^(layer\d+\.\d+)\.")
+_LISTED = 10  # keys listed in an error message before "... and N more"
+
+
+class WeightsError(ValueError):
+    """Encoder weights cannot be loaded; the message says which file and what to change."""
+
+
+@dataclass
+class LoadReport:
+    """What ``load_encoder_weights`` did."""
+
+    layout: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # tolerated: num_batches_tracked only
+    unexpected: list[str] = field(default_factory=list)  # in the file, not in the model
+    dropped: list[str] = field(default_factory=list)  # classifier / non-backbone keys set aside
+    container: str | None = None  # checkpoint entry that held the state dict, e.g. "model"
+
+    def __str__(self) -> str:
+        parts = [f"layout {self.layout}", f"{len(self.loaded)} tensors loaded"]
+        if self.container:
+            parts.append(f"from '{self.container}'")
+        if self.missing:
+            parts.append(f"{len(self.missing)} num_batches_tracked kept at their current value")
+        if self.dropped:
+            parts.append(f"{len(self.dropped)} dropped ({_listing(self.dropped, 3)})")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected ({_listing(self.unexpected, 3)})")
+        return ", ".join(parts)
+
+
+def _listing(keys: list[str], limit: int = _LISTED) -> str:
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _read(source: str | Path | Mapping[str, Any]) -> tuple[Any, str]:
+    if isinstance(source, Mapping):
+        return source, "the given state dict"
+    path = Path(source)
+    if not path.is_file():
+        raise WeightsError(f"encoder weights file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), str(path)
+    except Exception as err:  # torch raises many types for corrupt or unsafe files
+        raise WeightsError(
+            f"cannot read encoder weights file {path}: {err}\n"
+            "It must be a torch.save checkpoint that loads with weights_only=True."
+        ) from err
+
+
+def _holds_tensors(obj: Any, depth: int = 2) -> bool:
+    if not isinstance(obj, Mapping):
+        return False
+    return any(isinstance(v, Tensor) for v in obj.values()) or (
+        depth > 0 and any(_holds_tensors(v, depth - 1) for v in obj.values())
+    )
+
+
+def _unwrap(obj: Any, where: str) -> tuple[dict[str, Tensor], str | None]:
+    """Find the state dict inside a checkpoint container; return it and the container path."""
+    path: list[str] = []
+    while True:
+        if not isinstance(obj, Mapping):
+            raise WeightsError(f"{where}: expected a state dict, got {type(obj).__name__}")
+        tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+        if tensors and len(tensors) == len(obj):
+            break
+        inner = next((k for k in _CONTAINER_KEYS if _holds_tensors(obj.get(k))), None)
+        if inner is None:
+            if tensors:
+                break
+            raise WeightsError(
+                f"{where}: no tensors found; top-level keys: {_listing(list(map(str, obj)))}"
+            )
+        path.append(inner)
+        obj = obj[inner]
+    return tensors, ".".join(path) or None
+
+
+def _strip_prefixes(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+    """Remove wrapper prefixes; for whole-model checkpoints keep only the backbone keys."""
+
+    def strip(key: str) -> str:
+        while key.startswith(_WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        return key
+
+    state = {strip(k): v for k, v in state.items()}
+    for prefix in _MODEL_PREFIXES:
+        if any(k.startswith(prefix) for k in state):
+            kept = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            return kept, [k for k in state if not k.startswith(prefix)]
+    return state, []
+
+
+def _file_stem(state: Mapping[str, Tensor], where: str) -> str:
+    if "stem.0.weight" in state:
+        return "mmseg"
+    if "conv1.0.weight" in state:
+        return "deep"
+    if "conv1.weight" in state:
+        return "plain"
+    raise WeightsError(
+        f"{where}: not a ResNet state dict (no conv1.weight, conv1.0.weight or stem.0.weight); "
+        f"first keys: {_listing(list(state))}"
+    )
+
+
+def _resolve_layout(layout: str, file_stem: str, where: str) -> str:
+    detected = {"mmseg": "mmseg", "deep": "deepstem", "plain": "torchvision"}[file_stem]
+    if layout == "auto":
+        return detected
+    accepted = {
+        "deepstem": ("deep",),
+        "torchvision": ("plain",),
+        "timm": ("deep", "plain"),  # timm plain resnets: torchvision names; `s` variants: deep stem
+        "mmseg": ("mmseg",),
+    }[layout]
+    if file_stem not in accepted:
+        raise WeightsError(
+            f"{where} looks like the '{detected}' layout, not '{layout}': "
+            f"set model.pretrained_layout to '{detected}' or 'auto'"
+        )
+    return layout
+
+
+def _rename_mmseg_stem(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    renamed = {}
+    for key, value in state.items():
+        parts = key.split(".", 2)
+        if parts[0] == "stem" and len(parts) == 3 and parts[1] in _MMSEG_STEM:
+            key = f"{_MMSEG_STEM[parts[1]]}.{parts[2]}"
+        renamed[key] = value
+    return renamed
+
+
+def _stem_hint(state: Mapping[str, Tensor], model_state: Mapping[str, Tensor]) -> str:
+    file_out = state["conv1.0.weight"].shape[0] if "conv1.0.weight" in state else None
+    model_out = model_state["conv1.0.weight"].shape[0] if "conv1.0.weight" in model_state else None
+    if file_out is not None and model_out is not None and file_out * 2 == model_out:
+        return (
+            f"\nThe file's deep stem is {file_out}-{file_out}-{2 * file_out} (timm resnetXXc, "
+            "mmseg ResNetV1c with stem_channels=64); the model's is the "
+            f"{model_out}-{model_out}-{2 * model_out} stem of resnet101.pth / timm resnetXXs."
+        )
+    return "\nCheck model.encoder and model.width against the file."
+
+
+def load_encoder_weights(
+    encoder: nn.Module, source: str | Path | Mapping[str, Any], layout: str = "auto"
+) -> LoadReport:
+    """Load ResNet weights from a file or state dict into ``encoder``, after checking everything.
+
+    ``layout``: ``auto`` | ``deepstem`` (community resnet101.pth, timm ``resnetXXs``) |
+    ``torchvision`` | ``timm`` | ``mmseg`` (ResNetV1c). Raises ``WeightsError`` on an unreadable
+    file, a stem that does not match ``encoder.stem``, an avg-pool downsample (``d`` variants),
+    missing backbone keys, blocks the encoder lacks, or any shape mismatch.
+    """
+    if layout not in LAYOUTS:
+        raise WeightsError(f"unknown weights layout '{layout}' (choose from {', '.join(LAYOUTS)})")
+    raw, where = _read(source)
+    state, container = _unwrap(raw, where)
+    state, dropped = _strip_prefixes(state)
+    file_stem = _file_stem(state, where)
+    layout = _resolve_layout(layout, file_stem, where)
+    if layout == "mmseg":
+        state = _rename_mmseg_stem(state)
+
+    avgpool = sorted(k for k in state if _AVGPOOL_DOWNSAMPLE.match(k))
+    if avgpool:
+        raise WeightsError(
+            f"{where} has avg-pool downsample blocks ({_listing(avgpool, 2)}): a timm resnetXXd / "
+            "mmseg ResNetV1d checkpoint, which is not equivalent to this encoder's strided 1x1 "
+            "downsample. Use resnet101.pth, a timm resnetXXs or a torchvision checkpoint."
+        )
+    model_stem = getattr(encoder, "stem", None)
+    file_kind = "plain" if file_stem == "plain" else "deep"
+    if model_stem is not None and model_stem != file_kind:
+        described = {"deep": "a deep 3x3 stem", "plain": "a plain 7x7 stem"}
+        raise WeightsError(
+            f"{where} has {described[file_kind]} but the model has {described[model_stem]}: "
+            f"set model.stem: {file_kind}"
+        )
+
+    dropped += [k for k in state if k.startswith("fc.")]
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    model_state = encoder.state_dict()
+    missing = [k for k in model_state if k not in state]
+    tolerated = [k for k in missing if k.endswith("num_batches_tracked")]
+    absent = [k for k in missing if k not in tolerated]
+    if absent:
+        raise WeightsError(
+            f"{where} lacks {len(absent)} encoder keys ({layout} layout): {_listing(absent)}"
+        )
+    unexpected = [k for k in state if k not in model_state]
+    extra_blocks = list(dict.fromkeys(m.group(1) for k in unexpected if (m := _BLOCK.match(k))))
+    if extra_blocks:
+        raise WeightsError(
+            f"{where} has {len(extra_blocks)} blocks the ResNet-{getattr(encoder, 'depth', '?')} "
+            f"encoder lacks ({_listing(extra_blocks, 3)}): the file is for a deeper ResNet; "
+            "set model.encoder to match it"
+        )
+    mismatched = [
+        f"  {k}: file {list(state[k].shape)} vs model {list(v.shape)}"
+        for k, v in model_state.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if mismatched:
+        raise WeightsError(
+            f"{where}: {len(mismatched)} shape mismatches ({layout} layout):\n"
+            + "\n".join(mismatched[:_LISTED])
+            + (f"\n  ... and {len(mismatched) - _LISTED} more" if len(mismatched) > _LISTED else "")
+            + _stem_hint(state, model_state)
+        )
+
+    loadable = {k: state.get(k, model_state[k]) for k in model_state}
+    encoder.load_state_dict(loadable, strict=True)
+    return LoadReport(
+        layout=layout,
+        loaded=[k for k in model_state if k in state],
+        missing=tolerated,
+        unexpected=unexpected,
+        dropped=dropped,
+        container=container,
+    )
