@@ -1,0 +1,51 @@
+"""Checkpoints: written atomically, refused clearly when unreadable."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or does not fit the run."""
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over ``path``.
+
+    A crash at any point leaves either the old checkpoint or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format_version": FORMAT_VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a sparseg checkpoint, refusing missing, truncated or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # truncated zip, wrong pickle, ...
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated and was not loaded ({err})") from None
+    if not isinstance(state, dict) or "format_version" not in state or "config" not in state:
+        raise CheckpointError(f"{path} is not a sparseg checkpoint (no format_version/config)")
+    if state["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer sparseg (format {state['format_version']})")
+    return state

@@ -1,0 +1,126 @@
+"""Run logging: progress bar, metrics.jsonl, TensorBoard events and the curves plot."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+class RunLogger:
+    """Writes every logged scalar to ``metrics.jsonl`` and TensorBoard; shows progress."""
+
+    def __init__(
+        self, out_dir: Path, total_iters: int, start_iter: int = 0, fresh: bool = True, enabled: bool = True
+    ) -> None:
+        self.out_dir = out_dir
+        self.enabled = enabled
+        self.total_iters = total_iters
+        self._writer = None
+        self._progress: Progress | None = None
+        self._task = None
+        self._last_print = 0.0
+        self._t0 = time.perf_counter()
+        self._start_iter = start_iter
+        if not enabled:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        metrics = out_dir / "metrics.jsonl"
+        if not fresh and metrics.exists():  # drop records written after the checkpoint we resume from
+            kept = [r for r in metrics.read_text().splitlines() if json.loads(r)["iter"] <= start_iter]
+            metrics.write_text("".join(r + "\n" for r in kept))
+        self._jsonl = open(metrics, "w" if fresh else "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(out_dir / "tb"))
+        except ImportError:  # tensorboard is a dependency, but keep training if it is broken
+            console.print("[yellow]tensorboard unavailable: no event files will be written[/yellow]")
+        if console.is_terminal:
+            self._progress = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=console,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("train", total=total_iters, completed=start_iter, status="")
+
+    def log(self, iteration: int, split: str, values: dict[str, Any]) -> None:
+        """Record scalars for ``iteration`` (1-based count of finished iterations)."""
+        if not self.enabled:
+            return
+        record = {"iter": iteration, "split": split, **values}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self._writer is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self._writer.add_scalar(f"{split}/{key}", value, iteration)
+
+    def progress(self, iteration: int, loss: float, lr: float) -> None:
+        if not self.enabled:
+            return
+        status = f"loss {loss:.4f}  lr {lr:.2e}"
+        if self._progress is not None:
+            self._progress.update(self._task, completed=iteration, status=status)
+            return
+        now = time.perf_counter()
+        if now - self._last_print >= 10 or iteration == self.total_iters:
+            done = iteration - self._start_iter
+            rate = done / max(now - self._t0, 1e-9)
+            eta = (self.total_iters - iteration) / max(rate, 1e-9)
+            console.print(f"iter {iteration}/{self.total_iters}  {status}  {rate:.2f} it/s  ETA {eta:.0f}s")
+            self._last_print = now
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            console.print(text)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._progress is not None:
+            self._progress.stop()
+        if self._writer is not None:
+            self._writer.close()
+        self._jsonl.close()
+
+
+def plot_curves(metrics_path: Path, out_path: Path) -> None:
+    """Plot training loss and validation mIoU from ``metrics.jsonl`` into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, val = [], []
+    for line in metrics_path.read_text().splitlines():
+        record = json.loads(line)
+        if record["split"] == "train" and "loss" in record:
+            train.append((record["iter"], record["loss"]))
+        elif record["split"] == "val" and "miou" in record:
+            val.append((record["iter"], record["miou"]))
+    fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(10, 4))
+    if train:
+        ax_loss.plot(*zip(*train), lw=1)
+    ax_loss.set(xlabel="iteration", ylabel="training loss", title="loss")
+    if val:
+        ax_miou.plot(*zip(*val), marker="o")
+    ax_miou.set(xlabel="iteration", ylabel="mIoU (%)", title="validation mIoU")
+    for ax in (ax_loss, ax_miou):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,338 @@
+"""The training loop. It knows no method: a method turns a batch into losses, the loop does the rest."""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from sparseg.config import Config, dump_config
+from sparseg.data import (
+    EvalTransform,
+    SegmentationDataset,
+    StreamSampler,
+    TrainTransform,
+    build_dataset,
+    check_disjoint,
+    create_dataset_spec,
+    shard_indices,
+)
+from sparseg.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from sparseg.engine.distributed import DistInfo, init_distributed, resolve_device
+from sparseg.engine.logger import RunLogger, plot_curves
+from sparseg.engine.optim import build_optimizer, poly_factor, scaled_lr, set_lr
+from sparseg.eval import EvalResult, evaluate
+from sparseg.methods import create_method
+from sparseg.methods.base import Method, MethodContext, Step
+from sparseg.models import create_model
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, inconsistent resume, ...)."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Stream:
+    """One training data stream (labeled or unlabeled) and its resumable sampler."""
+
+    name: str
+    dataset: SegmentationDataset
+    sampler: StreamSampler
+    loader: DataLoader
+
+
+def build_method(cfg: Config, num_classes: int, dist_info: DistInfo = DistInfo()) -> Method:
+    """The model and method a config describes (no weights loaded besides ``model.pretrained``)."""
+    model = create_model(cfg.model, num_classes)
+    context = MethodContext(num_classes=num_classes, seed=cfg.seed, world_size=dist_info.world_size, rank=dist_info.rank)
+    return create_method(cfg.method["name"], model, cfg.method_config(), context)
+
+
+class Trainer:
+    """Iteration-based training with periodic evaluation, atomic checkpoints and exact resume."""
+
+    def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> None:
+        self.cfg = cfg
+        self.out_dir = Path(cfg.out)
+        self.dist = init_distributed("cuda" if cfg.train.device.startswith("cuda") or (
+            cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu")
+        self.device = resolve_device(cfg.train.device, self.dist)
+        if cfg.train.amp == "fp16" and self.device.type != "cuda":
+            raise TrainingError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 or off on CPU")
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        seed_everything(cfg.seed + self.dist.rank)
+
+        self.spec = create_dataset_spec(cfg.data)
+        self.num_classes = self.spec.num_classes
+        self.method = build_method(cfg, self.num_classes, self.dist).to(self.device)
+        if self.dist.enabled:
+            if self.device.type == "cuda":
+                self.method.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method.model)
+            self.ddp = DistributedDataParallel(
+                self.method,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,
+            )
+        else:
+            self.ddp = self.method
+
+        self.streams = self._build_streams()
+        main = self.streams[-1]  # the unlabeled stream sets the epoch length when present
+        self.iters_per_epoch = len(main.loader)
+        if self.iters_per_epoch == 0:
+            raise TrainingError(
+                f"the '{main.name}' list has fewer images ({len(main.dataset)}) than one global batch; "
+                "lower data.batch_size"
+            )
+        t = cfg.train
+        self.total_iters = t.iters if t.iters is not None else t.epochs * self.iters_per_epoch
+
+        self.global_batch = cfg.data.batch_size
+        self.lr = scaled_lr(cfg.optim, self.global_batch)
+        self.optimizer = build_optimizer(self.method.model, cfg.optim, self.lr)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp == "fp16")
+        self.val_dataset = (
+            build_dataset(cfg.data, "val_list", labeled=True, transform=EvalTransform()) if cfg.data.val_list else None
+        )
+        self.iteration = 0
+        self.best_miou = -1.0
+        last = self.out_dir / "last.pt"
+        if resume:
+            self._resume(last)
+        elif last.exists() and not overwrite:
+            raise TrainingError(f"{last} exists: pass --resume to continue that run or --overwrite to start over")
+        self.logger = RunLogger(
+            self.out_dir, self.total_iters, start_iter=self.iteration, fresh=not resume,
+            enabled=self.dist.is_main and not quiet,
+        )
+        if resume:
+            self.logger.message(f"resumed from {last} at iteration {self.iteration}")
+
+    # ----------------------------------------------------------------- data
+    def _build_streams(self) -> list[Stream]:
+        cfg = self.cfg
+        semi = "unlabeled" in self.method.streams
+        labeled_key = "labeled_list" if semi else ("train_list" if cfg.data.train_list else "labeled_list")
+        if getattr(cfg.data, labeled_key) is None:
+            raise TrainingError(f"method '{cfg.method['name']}' needs data.{labeled_key}")
+        if semi and cfg.data.unlabeled_list is None:
+            raise TrainingError(f"method '{cfg.method['name']}' needs data.unlabeled_list")
+        transform = TrainTransform(cfg.data.crop_size, cfg.data.scale_range, cfg.data.base_size, cfg.data.flip)
+        datasets = {"labeled": build_dataset(cfg.data, labeled_key, labeled=True, transform=transform)}
+        batches = {"labeled": cfg.data.batch_size}
+        if semi:
+            datasets["unlabeled"] = build_dataset(cfg.data, "unlabeled_list", labeled=False, transform=transform)
+            batches["unlabeled"] = cfg.data.unlabeled_batch_size or cfg.data.batch_size
+            check_disjoint(datasets["labeled"].entries, datasets["unlabeled"].entries)
+        # one epoch = one pass over the unlabeled list (or the labeled one); shorter lists repeat
+        epoch_length = len(datasets["unlabeled" if semi else "labeled"])
+        streams = []
+        for salt, name in enumerate(self.method.streams):
+            global_batch = batches[name]
+            if global_batch % self.dist.world_size:
+                raise TrainingError(
+                    f"data batch size {global_batch} for '{name}' is not divisible by {self.dist.world_size} processes"
+                )
+            sampler = StreamSampler(
+                len(datasets[name]),
+                length=epoch_length,
+                seed=cfg.seed * 1000 + salt,
+                shuffle=True,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
+            )
+            loader = DataLoader(
+                datasets[name],
+                batch_size=global_batch // self.dist.world_size,
+                sampler=sampler,
+                drop_last=True,
+                num_workers=cfg.data.workers,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=cfg.data.workers > 0,
+                # its own generator: creating an iterator must not draw from the global RNG (exact resume)
+                generator=torch.Generator().manual_seed(cfg.seed),
+            )
+            streams.append(Stream(name, datasets[name], sampler, loader))
+        return streams
+
+    def _batches(self, epoch: int, start: int) -> Iterator[dict[str, dict[str, torch.Tensor]]]:
+        """Batches of one epoch from every stream, skipping ``start`` already-seen iterations."""
+        for stream in self.streams:
+            stream.sampler.set_epoch(epoch, start=start * stream.loader.batch_size)
+        for parts in zip(*(s.loader for s in self.streams)):
+            yield {
+                s.name: {k: v.to(self.device, non_blocking=True) for k, v in part.items()}
+                for s, part in zip(self.streams, parts)
+            }
+
+    # ----------------------------------------------------------------- loop
+    def _autocast(self):
+        if self.cfg.train.amp == "off":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.cfg.train.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def fit(self) -> EvalResult | None:
+        cfg, t = self.cfg, self.cfg.train
+        self.logger.message(
+            f"training '{cfg.method['name']}' for {self.total_iters} iterations ({self.iters_per_epoch}/epoch), "
+            f"global batch {self.global_batch}, lr {self.lr:g} (base {cfg.optim.base_lr:g}"
+            + (f" x {self.global_batch}/{cfg.optim.reference_batch})" if cfg.optim.reference_batch else ")")
+            + f", device {self.device}, {self.dist.world_size} process(es)"
+        )
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            import yaml
+
+            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
+        result = None
+        self.method.train()
+        while self.iteration < self.total_iters:
+            epoch, start = divmod(self.iteration, self.iters_per_epoch)
+            for batch in self._batches(epoch, start):
+                self._train_step(batch, epoch)
+                done = self.iteration
+                if t.eval_every and done % t.eval_every == 0 and done < self.total_iters:
+                    result = self._evaluate_and_checkpoint()
+                if done >= self.total_iters:
+                    break
+        result = self._evaluate_and_checkpoint()
+        self.logger.close()
+        if self.dist.is_main and (self.out_dir / "metrics.jsonl").exists():
+            plot_curves(self.out_dir / "metrics.jsonl", self.out_dir / "curves.png")
+        return result
+
+    def _train_step(self, batch: dict[str, dict[str, torch.Tensor]], epoch: int) -> None:
+        step = Step(self.iteration, epoch, self.iters_per_epoch, self.total_iters)
+        factor = poly_factor(self.iteration, self.total_iters, self.cfg.optim.poly_power)
+        set_lr(self.optimizer, factor)
+        with self._autocast():
+            losses = self.ddp(batch, step)
+        bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(v).all()}
+        if bad:
+            raise TrainingError(
+                f"non-finite loss at iteration {self.iteration}: "
+                + ", ".join(f"{k} = {v}" for k, v in bad.items())
+                + f"; the last good checkpoint is {self.out_dir / 'last.pt'}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["loss"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.method.after_optimizer_step(step)
+        self.iteration += 1
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.iteration % self.cfg.train.log_every == 0 or self.iteration == self.total_iters:
+            values = {k: float(v.detach()) for k, v in losses.items()}
+            values.update(lr=lr, epoch=epoch, **self.method.extra_logs())
+            self.logger.log(self.iteration, "train", values)
+        self.logger.progress(self.iteration, float(losses["loss"].detach()), lr)
+
+    # ----------------------------------------------------------------- eval and checkpoints
+    def evaluate(self) -> dict[str, EvalResult]:
+        """Evaluate every model the method exposes on (this process's share of) the val list."""
+        results = {}
+        n = len(self.val_dataset)
+        if self.cfg.train.max_val_images:
+            n = min(n, self.cfg.train.max_val_images)
+        indices = shard_indices(n, self.dist.rank, self.dist.world_size)
+        for name, model in self.method.eval_models().items():
+            results[name] = evaluate(
+                model, self.val_dataset, self.cfg.eval, self.num_classes, self.device,
+                indices=indices, class_names=self.spec.class_names,
+            )
+        self.method.train()
+        return results
+
+    def _evaluate_and_checkpoint(self) -> EvalResult | None:
+        primary = None
+        if self.val_dataset is not None:
+            results = self.evaluate()
+            primary_name = next(iter(results))
+            primary = results[primary_name]
+            values = {"miou": primary.miou, **{f"{k}_miou": r.miou for k, r in results.items()}}
+            self.logger.log(self.iteration, "val", values)
+            self.logger.message(
+                f"iter {self.iteration}: val mIoU "
+                + ", ".join(f"{k} {r.miou:.2f}" for k, r in results.items())
+            )
+        if self.dist.is_main:
+            state = self._state()
+            save_checkpoint(self.out_dir / "last.pt", state)
+            if primary is not None and primary.miou > self.best_miou:
+                self.best_miou = primary.miou
+                state["best_miou"] = self.best_miou
+                save_checkpoint(self.out_dir / "best.pt", state)
+        return primary
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "config": dump_config(self.cfg),
+            "num_classes": self.num_classes,
+            "class_names": list(self.spec.class_names),
+            "palette": [list(c) for c in self.spec.palette],
+            "iteration": self.iteration,
+            "total_iters": self.total_iters,
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_miou": self.best_miou,
+            "rng": rng_state(),
+        }
+
+    def _resume(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        saved = state["config"]
+        if saved["model"] != dump_config(self.cfg)["model"] or state["num_classes"] != self.num_classes:
+            raise CheckpointError(f"{path} was trained with another model or class count; cannot resume")
+        if state["total_iters"] != self.total_iters:
+            raise CheckpointError(
+                f"{path} was written for {state['total_iters']} iterations but this run has {self.total_iters}"
+            )
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration = state["iteration"]
+        self.best_miou = state["best_miou"]
+        set_rng_state(state["rng"])
+
+
+def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> EvalResult | None:
+    trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
+    if trainer.iteration >= trainer.total_iters:
+        trainer.logger.message(f"{cfg.out}/last.pt already finished {trainer.total_iters} iterations")
+        return None
+    started = time.perf_counter()
+    result = trainer.fit()
+    trainer.logger.message(f"finished in {time.perf_counter() - started:.0f}s; checkpoints in {cfg.out}")
+    return result

@@ -1,0 +1,38 @@
+"""Training methods: one file per method, each registered by name."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from sparseg.registry import Registry
+
+METHODS: Registry = Registry("method")
+register_method = METHODS.register
+
+_SHARED_MODULES = {"base", "losses"}  # helpers, not methods
+
+
+def _import_all() -> None:
+    """Import every method file, so a new method is one new file here."""
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in _SHARED_MODULES and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def method_class(name: str):
+    _import_all()
+    return METHODS.get(name)
+
+
+def list_methods() -> list[str]:
+    _import_all()
+    return METHODS.names()
+
+
+def create_method(name: str, model, cfg, context):
+    """Build method ``name`` around ``model`` with its validated config section."""
+    return method_class(name)(model, cfg, context)
+
+
+__all__ = ["METHODS", "register_method", "method_class", "list_methods", "create_method"]

@@ -1,0 +1,76 @@
+"""The method interface: how one training step turns a batch into losses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+
+class MethodConfig(BaseModel):
+    """Base of every method's own config section (`method:` in the YAML)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Step:
+    """Where the run is: passed to every method call."""
+
+    iteration: int  # global, 0-based
+    epoch: int  # 0-based
+    iters_per_epoch: int
+    total_iters: int
+
+    @property
+    def total_epochs(self) -> int:
+        return -(-self.total_iters // self.iters_per_epoch)
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method may know about the run besides its config."""
+
+    num_classes: int
+    seed: int = 0
+    world_size: int = 1
+    rank: int = 0
+
+
+class Method(nn.Module):
+    """A training method. Subclasses set ``Config`` and ``streams`` and implement ``forward``.
+
+    The method owns the student (``self.model``) and any extra state (teacher, memory banks);
+    ``state_dict()`` therefore holds everything needed to resume.
+    """
+
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    streams: ClassVar[tuple[str, ...]] = ("labeled",)
+
+    def __init__(self, model: nn.Module, cfg: MethodConfig, context: MethodContext) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.context = context
+
+    @property
+    def num_classes(self) -> int:
+        return self.context.num_classes
+
+    def forward(self, batch: dict[str, dict[str, torch.Tensor]], step: Step) -> dict[str, torch.Tensor]:
+        """Return named losses; ``loss`` is the total that is back-propagated."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self, step: Step) -> None:
+        """Update state that must not see the current step's loss (EMA teacher, memory banks)."""
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        """Models to evaluate, primary first."""
+        return {"student": self.model}
+
+    def extra_logs(self) -> dict[str, Any]:
+        """Scalars worth logging besides the losses (e.g. thresholds, memory fill)."""
+        return {}
