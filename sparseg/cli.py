@@ -1,0 +1,225 @@
+"""Command line: ``sparseg train|eval|predict|demo|splits``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+        help="override config keys, e.g. --set data.root=/data/voc train.iters=100",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparseg", description="Label-efficient semantic segmentation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("config")
+    _add_set(p)
+    p.add_argument("--out", help="run directory (default: the config's `out`)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--overwrite", action="store_true", help="start over even if OUT/last.pt exists")
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a validation list")
+    p.add_argument("checkpoint")
+    _add_set(p)
+    p.add_argument("--json", help="also write the result as JSON to this file")
+    p.add_argument("--model", help="which of the method's models to score (e.g. teacher, student)")
+
+    p = sub.add_parser("predict", help="write palette PNG masks (and overlays) for images")
+    p.add_argument("checkpoint")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overlay", action="store_true", help="also write image/mask overlays")
+    p.add_argument("--model", help="which of the method's models to use")
+    _add_set(p)
+
+    p = sub.add_parser("demo", help="train and evaluate on generated data (CPU, no downloads)")
+    p.add_argument("--method", default="supervised")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--iters", type=int, help="training iterations (default: the demo's own)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("splits", help="split a list into labeled.txt and unlabeled.txt")
+    p.add_argument("list")
+    p.add_argument("--labeled", required=True, help="a fraction like 1/8 or a count like 92")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--root", help="data root the list is relative to (default: the list's folder)")
+    p.add_argument("--dataset", default="folder", help="dataset kind, for id lists (voc, cityscapes, ...)")
+    return parser
+
+
+def cmd_train(args) -> int:
+    from sparseg.config import load_config
+    from sparseg.engine.trainer import train
+
+    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
+    cfg = load_config(args.config, overrides)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    if result is not None:
+        print(f"mIoU: {result.miou:.2f}")
+    return 0
+
+
+def load_trained(checkpoint: str, overrides: list[str], model_name: str | None):
+    """Rebuild the config, method and chosen model stored in a checkpoint."""
+    from sparseg.config import apply_overrides, config_from_dict
+    from sparseg.engine.checkpoint import CheckpointError, load_checkpoint
+    from sparseg.engine.trainer import build_method
+
+    state = load_checkpoint(checkpoint)
+    cfg = config_from_dict(apply_overrides(state["config"], overrides))
+    if cfg.model.model_dump() != config_from_dict(state["config"]).model.model_dump():
+        raise CheckpointError("model.* keys cannot be overridden for a trained checkpoint")
+    cfg.model.pretrained = None  # the checkpoint holds the weights
+    method = build_method(cfg, state["num_classes"])
+    method.load_state_dict(state["method"])
+    models = method.eval_models()
+    name = model_name or next(iter(models))
+    if name not in models:
+        raise CheckpointError(f"--model {name}: this checkpoint has {', '.join(models)}")
+    return cfg, state, models[name].eval(), name
+
+
+def _device(cfg):
+    from sparseg.engine.distributed import DistInfo, resolve_device
+
+    return resolve_device(cfg.train.device, DistInfo())
+
+
+def cmd_eval(args) -> int:
+    from sparseg.data import EvalTransform, build_dataset, create_dataset_spec
+    from sparseg.engine.checkpoint import CheckpointError
+    from sparseg.eval import evaluate, format_table
+
+    cfg, state, model, name = load_trained(args.checkpoint, args.overrides, args.model)
+    if cfg.data.val_list is None:
+        raise CheckpointError("no data.val_list: pass --set data.val_list=LIST")
+    spec = create_dataset_spec(cfg.data)
+    if spec.num_classes != state["num_classes"]:
+        raise CheckpointError(
+            f"the dataset has {spec.num_classes} classes but {args.checkpoint} predicts {state['num_classes']}"
+        )
+    device = _device(cfg)
+    dataset = build_dataset(cfg.data, "val_list", labeled=True, transform=EvalTransform())
+    result = evaluate(model.to(device), dataset, cfg.eval, spec.num_classes, device, progress=True,
+                      class_names=spec.class_names)
+    print(f"{args.checkpoint} ({name}) on {Path(cfg.data.root) / cfg.data.val_list}: {len(dataset)} images, "
+          f"{cfg.eval.mode} inference, scales {cfg.eval.scales}, flip {cfg.eval.flip}, "
+          f"mIoU over {cfg.eval.miou_over} classes")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "model": name, **result.to_dict()},
+                                              indent=2))
+    print(format_table(result))
+    return 0
+
+
+def _image_paths(inputs: list[str]) -> list[Path]:
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise FileNotFoundError(f"no such image or directory: {item}")
+    if not paths:
+        raise FileNotFoundError(f"no images found in {', '.join(inputs)}")
+    return paths
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from sparseg.eval import predict_probs
+    from sparseg.eval.visualize import overlay, save_mask_png
+
+    cfg, state, model, _ = load_trained(args.checkpoint, args.overrides, args.model)
+    device = _device(cfg)
+    model.to(device)
+    palette = [tuple(c) for c in state["palette"]]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in _image_paths(args.inputs):
+        try:
+            image = Image.open(path).convert("RGB")
+        except OSError as err:
+            raise OSError(f"cannot read image {path}: {err}") from None
+        x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float().div(255).unsqueeze(0).to(device)
+        mask = predict_probs(model, x, state["num_classes"], cfg.eval).argmax(1)[0].byte().cpu().numpy()
+        save_mask_png(mask, palette, out / f"{path.stem}.png")
+        if args.overlay:
+            overlay(image, mask, palette).save(out / f"{path.stem}_overlay.jpg", quality=90)
+    print(f"wrote predictions to {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from sparseg.demo import run_demo
+
+    run_demo(method=args.method, out=Path(args.out), iters=args.iters, seed=args.seed)
+    return 0
+
+
+def cmd_splits(args) -> int:
+    from sparseg.config import DataConfig
+    from sparseg.data import create_dataset_spec, write_splits
+
+    list_path = Path(args.list)
+    root = Path(args.root) if args.root else list_path.parent
+    spec = create_dataset_spec(DataConfig(dataset=args.dataset, root=str(root)))
+    n_labeled, n_unlabeled = write_splits(list_path, root, spec, args.labeled, args.seed, Path(args.out))
+    print(f"wrote {n_labeled} labeled and {n_unlabeled} unlabeled entries to {args.out}")
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "predict": cmd_predict,
+    "demo": cmd_demo,
+    "splits": cmd_splits,
+}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by input (config, data, checkpoints): reported in one line, no traceback."""
+    from sparseg.config import ConfigError
+    from sparseg.data import DataError, SplitError
+    from sparseg.engine.checkpoint import CheckpointError
+    from sparseg.engine.trainer import TrainingError
+    from sparseg.models import WeightsError
+    from sparseg.registry import UnknownNameError
+
+    return (ConfigError, DataError, SplitError, CheckpointError, TrainingError, WeightsError, UnknownNameError,
+            FileNotFoundError, OSError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except _user_errors() as err:
+        if os.environ.get("SPARSEG_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
