@@ -207,6 +207,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             FileNotFoundError, OSError)
 
 
+def describe(err: BaseException) -> str:
+    """One line for the user; errors raised in DataLoader workers arrive wrapped in a traceback."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -214,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as err:
         if os.environ.get("SPARSEG_DEBUG"):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {describe(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -43,6 +43,9 @@ class DataConfig(Section):
     palette: list[tuple[int, int, int]] | None = None
     mask_mapping: dict[int, int] | None = None
     reduce_zero_label: bool = False
+    # sparse labels (agmm.md §2): training masks with 254 = unlabeled, read in sparse_encoding
+    label_format: Literal["dense", "sparse"] = "dense"
+    sparse_encoding: Literal["canonical", "reference", "ignore255", "shifted"] = "canonical"
     # training-time augmentation
     crop_size: tuple[int, int] = (321, 321)
     scale_range: tuple[float, float] = (0.5, 2.0)
@@ -63,8 +66,10 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    name: str = "deeplabv3plus"
-    encoder: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet101"
+    name: str = "deeplabv3plus"  # deeplabv3plus (ResNet encoders) | dpt (DINOv2 encoders)
+    encoder: Literal[
+        "resnet18", "resnet34", "resnet50", "resnet101", "dinov2_small", "dinov2_base", "dinov2_large"
+    ] = "resnet101"
     stem: Literal["deep", "plain"] = "deep"
     width: int = 64  # encoder base width (64 = standard ResNet; smaller for CPU demos)
     output_stride: Literal[8, 16] = 16
@@ -74,16 +79,25 @@ class ModelConfig(Section):
     dropout: float = 0.1
     proj_dim: int = 0  # >0 adds the projection head returning ``rep``
     aux_head: bool = False
-    pretrained: str | None = None  # local encoder weights file
+    pretrained: str | None = None  # local encoder weights file; dpt: a Hugging Face Dinov2Model directory or hub id
     pretrained_layout: Literal["auto", "deepstem", "torchvision", "timm", "mmseg"] = "auto"
+    dpt_layers: tuple[int, int, int, int] | None = None  # dpt: tapped transformer blocks (default: per encoder)
+
+    @model_validator(mode="after")
+    def _encoder_fits_model(self) -> ModelConfig:
+        family = "dinov2" if self.name == "dpt" else "resnet"
+        if not self.encoder.startswith(family):
+            raise ValueError(f"model '{self.name}' needs a {family}* encoder, got '{self.encoder}'")
+        return self
 
 
 class OptimConfig(Section):
-    name: Literal["sgd"] = "sgd"
+    name: Literal["sgd", "adamw"] = "sgd"
     base_lr: float = 0.001
     reference_batch: int | None = None  # lr = base_lr * global_batch / reference_batch
     head_lr_mult: float = 10.0
-    momentum: float = 0.9
+    momentum: float = 0.9  # sgd
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw
     weight_decay: float = 1e-4
     poly_power: float = 0.9
 
@@ -95,7 +109,10 @@ class TrainConfig(Section):
     log_every: int = 10
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: Literal["off", "bf16", "fp16"] = "off"
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model (CUDA; first iterations are slow)
     deterministic: bool = False
+    on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss stops the run, or skips that step
     max_val_images: int | None = None  # cap validation during training (None: all)
 
     @model_validator(mode="after")

@@ -95,6 +95,10 @@ class Trainer:
         self.spec = create_dataset_spec(cfg.data)
         self.num_classes = self.spec.num_classes
         self.method = build_method(cfg, self.num_classes, self.dist).to(self.device)
+        if cfg.train.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+        if cfg.train.compile:
+            self.method.model.compile()
         if self.dist.enabled:
             if self.device.type == "cuda":
                 self.method.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method.model)
@@ -125,7 +129,9 @@ class Trainer:
             build_dataset(cfg.data, "val_list", labeled=True, transform=EvalTransform()) if cfg.data.val_list else None
         )
         self.iteration = 0
+        self.skipped_steps = 0
         self.best_miou = -1.0
+        self.resume_note = ""
         last = self.out_dir / "last.pt"
         if resume:
             self._resume(last)
@@ -137,6 +143,8 @@ class Trainer:
         )
         if resume:
             self.logger.message(f"resumed from {last} at iteration {self.iteration}")
+            if self.resume_note:
+                self.logger.message(f"[yellow]{self.resume_note}[/yellow]")
 
     # ----------------------------------------------------------------- data
     def _build_streams(self) -> list[Stream]:
@@ -189,9 +197,14 @@ class Trainer:
         """Batches of one epoch from every stream, skipping ``start`` already-seen iterations."""
         for stream in self.streams:
             stream.sampler.set_epoch(epoch, start=start * stream.loader.batch_size)
+        memory_format = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
         for parts in zip(*(s.loader for s in self.streams)):
             yield {
-                s.name: {k: v.to(self.device, non_blocking=True) for k, v in part.items()}
+                s.name: {
+                    k: v.to(self.device, non_blocking=True, memory_format=memory_format) if v.dim() == 4
+                    else v.to(self.device, non_blocking=True)
+                    for k, v in part.items()
+                }
                 for s, part in zip(self.streams, parts)
             }
 
@@ -238,13 +251,16 @@ class Trainer:
         set_lr(self.optimizer, factor)
         with self._autocast():
             losses = self.ddp(batch, step)
-        bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(v).all()}
+        bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v).all()}
         if bad:
-            raise TrainingError(
-                f"non-finite loss at iteration {self.iteration}: "
-                + ", ".join(f"{k} = {v}" for k, v in bad.items())
-                + f"; the last good checkpoint is {self.out_dir / 'last.pt'}"
-            )
+            where = f"non-finite loss at iteration {self.iteration}: " + ", ".join(f"{k} = {v}" for k, v in bad.items())
+            if self.cfg.train.on_nonfinite == "stop":
+                raise TrainingError(f"{where}; the last good checkpoint is {self.out_dir / 'last.pt'} "
+                                    "(train.on_nonfinite=skip skips such steps)")
+            self.skipped_steps += 1
+            self.logger.message(f"{where}: step skipped ({self.skipped_steps} so far)")
+            self.iteration += 1
+            return
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.step(self.optimizer)
@@ -274,7 +290,30 @@ class Trainer:
         self.method.train()
         return results
 
+    def _check_in_sync(self) -> None:
+        """Every process must hold the same parameters; a divergence is a bug worth stopping for."""
+        if not self.dist.enabled:
+            return
+        params = [p.detach().double() for p in self.method.model.parameters()]
+        local = torch.stack([torch.stack([p.sum(), p.abs().sum()]) for p in params]).flatten().cpu()
+        gathered = [torch.empty_like(local) for _ in range(self.dist.world_size)]
+        torch.distributed.all_gather_object(gathered, local)
+        if any(not torch.equal(g, gathered[0]) for g in gathered):
+            raise TrainingError(f"processes hold different parameters at iteration {self.iteration}")
+
+    def _average_buffers(self) -> None:
+        """Without SyncBN (CPU/gloo) each process keeps its own BN running statistics; average
+        them so evaluation shards and the checkpoint all use one model."""
+        if not self.dist.enabled:
+            return
+        for buffer in self.method.buffers():
+            if buffer.is_floating_point():
+                torch.distributed.all_reduce(buffer)
+                buffer /= self.dist.world_size
+
     def _evaluate_and_checkpoint(self) -> EvalResult | None:
+        self._check_in_sync()
+        self._average_buffers()
         primary = None
         if self.val_dataset is not None:
             results = self.evaluate()
@@ -286,8 +325,13 @@ class Trainer:
                 f"iter {self.iteration}: val mIoU "
                 + ", ".join(f"{k} {r.miou:.2f}" for k, r in results.items())
             )
+        rng = rng_state()
+        if self.dist.enabled:  # every process's RNG, so each resumes exactly where it was
+            states = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(states, rng)
+            rng = {"per_rank": states}
         if self.dist.is_main:
-            state = self._state()
+            state = self._state(rng)
             save_checkpoint(self.out_dir / "last.pt", state)
             if primary is not None and primary.miou > self.best_miou:
                 self.best_miou = primary.miou
@@ -295,7 +339,7 @@ class Trainer:
                 save_checkpoint(self.out_dir / "best.pt", state)
         return primary
 
-    def _state(self) -> dict[str, Any]:
+    def _state(self, rng: dict[str, Any]) -> dict[str, Any]:
         return {
             "config": dump_config(self.cfg),
             "num_classes": self.num_classes,
@@ -307,7 +351,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "best_miou": self.best_miou,
-            "rng": rng_state(),
+            "skipped_steps": self.skipped_steps,
+            "rng": rng,
         }
 
     def _resume(self, path: Path) -> None:
@@ -324,7 +369,16 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.iteration = state["iteration"]
         self.best_miou = state["best_miou"]
-        set_rng_state(state["rng"])
+        self.skipped_steps = state.get("skipped_steps", 0)
+        rng = state["rng"]
+        saved_world = len(rng["per_rank"]) if "per_rank" in rng else 1
+        if saved_world != self.dist.world_size:
+            # data order and method state carry over; per-process random streams cannot
+            self.resume_note = (f"{path} was written by {saved_world} process(es), resumed with "
+                                f"{self.dist.world_size}: dropout randomness is reseeded")
+            seed_everything(self.cfg.seed + self.dist.rank + self.iteration)
+        else:
+            set_rng_state(rng["per_rank"][self.dist.rank] if "per_rank" in rng else rng)
 
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> EvalResult | None:
