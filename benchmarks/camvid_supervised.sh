@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Supervised CamVid baselines on CPU (README "Measured results"): the 1/8 split and all 367 images,
+# same model, schedule and budget. Usage: bash benchmarks/camvid_supervised.sh [SEED]
+set -euo pipefail
+seed=${1:-0}
+sparseg train configs/camvid/supervised.yaml --out runs/camvid/supervised_1_8_s$seed --overwrite \
+  --set seed=$seed data.train_list=splits/1_8/labeled.txt
+sparseg train configs/camvid/supervised.yaml --out runs/camvid/supervised_full_s$seed --overwrite \
+  --set seed=$seed
+for run in supervised_1_8_s$seed supervised_full_s$seed; do
+  sparseg eval runs/camvid/$run/last.pt --json runs/camvid/$run/eval.json | tail -1
+done
