@@ -100,8 +100,8 @@ class Trainer:
         if cfg.train.compile:
             self.method.model.compile()
         if self.dist.enabled:
-            if self.device.type == "cuda":
-                self.method.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method.model)
+            if self.device.type == "cuda":  # student and teacher alike (CPU has no SyncBatchNorm)
+                self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
             self.ddp = DistributedDataParallel(
                 self.method,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -149,6 +149,11 @@ class Trainer:
     # ----------------------------------------------------------------- data
     def _build_streams(self) -> list[Stream]:
         cfg = self.cfg
+        if cfg.data.label_format == "sparse" and self.method.label_kind is None:
+            raise TrainingError(
+                f"data.label_format is sparse but method '{cfg.method['name']}' needs dense labels; "
+                "use a sparse-label method (agmm, partial_ce)"
+            )
         semi = "unlabeled" in self.method.streams
         labeled_key = "labeled_list" if semi else ("train_list" if cfg.data.train_list else "labeled_list")
         if getattr(cfg.data, labeled_key) is None:

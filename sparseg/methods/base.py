@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
@@ -40,6 +42,14 @@ class MethodContext:
     rank: int = 0
 
 
+def step_generator(seed: int, iteration: int, purpose: str, index: int = 0) -> torch.Generator:
+    """A CPU generator for one (seed, iteration, purpose, index): per-step randomness without hidden state."""
+    words = [seed, iteration, zlib.crc32(purpose.encode()), index]
+    state = np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) >> 1)
+
+
+
 class Method(nn.Module):
     """A training method. Subclasses set ``Config`` and ``streams`` and implement ``forward``.
 
@@ -49,6 +59,7 @@ class Method(nn.Module):
 
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     streams: ClassVar[tuple[str, ...]] = ("labeled",)
+    label_kind: ClassVar[str | None] = None  # set by methods that train from sparse labels (points, ...)
 
     def __init__(self, model: nn.Module, cfg: MethodConfig, context: MethodContext) -> None:
         super().__init__()
