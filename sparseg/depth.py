@@ -1,0 +1,129 @@
+"""``sparseg depth``: depth maps for a split list from a ``transformers`` depth estimator (depmatch.md §3).
+
+The estimator (``AutoModelForDepthEstimation`` and ``AutoImageProcessor`` from a local folder or hub id;
+Depth Anything V2 Small by default) runs on every image of the list at ``input_size``; its output is
+resized to the image, turned into disparity (``kind``), robust-normalised to d̃ (``sparseg.data.depth``)
+and stored as ``<out>/<image path relative to the root, suffix replaced>.png|.npy``. ``manifest.json``
+records the settings and each map's raw (q_lo, q_hi); a second run into the same folder must use the
+same settings (its maps are added). ``calibrate`` writes no maps, only ``calibration.json`` with
+U = median over images of (q_hi − q_lo) of the raw output: run with Depth Anything V2 Small, it is the
+``depmatch.unit`` that puts d′ = U·d̃ on the released thresholds' scale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sparseg.config import ConfigError, DataConfig
+from sparseg.data.datasets import DataError, create_dataset_spec
+from sparseg.data.depth import (
+    DEPTH_SUFFIXES,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    PERCENTILES,
+    read_manifest,
+    robust_normalise,
+    save_depth,
+    to_disparity,
+)
+from sparseg.data.splits import read_split
+
+DEFAULT_ESTIMATOR = "depth-anything/Depth-Anything-V2-Small-hf"  # Apache-2.0 (Base/Large/Giant: CC-BY-NC-4.0)
+CALIBRATION_NAME = "calibration.json"
+
+
+def load_estimator(model: str, device: torch.device):
+    """(image processor, eval-mode depth model) from a local folder or hub id."""
+    try:
+        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+    except ImportError:
+        raise ConfigError("sparseg depth needs transformers: pip install 'sparseg[hf]'") from None
+    try:
+        processor = AutoImageProcessor.from_pretrained(model)
+        estimator = AutoModelForDepthEstimation.from_pretrained(model)
+    except (OSError, ValueError) as err:
+        raise OSError(f"--model {model}: cannot load a transformers depth estimator: {err}") from None
+    return processor, estimator.eval().to(device)
+
+
+@torch.inference_mode()
+def predict_disparity(processor, estimator, image: Image.Image, input_size: int,
+                      kind: Literal["disparity", "depth"]) -> np.ndarray:
+    """The estimator's output for one RGB image, resized to the image (bilinear) and as disparity [H,W]."""
+    device = next(estimator.parameters()).device
+    inputs = processor(images=image, return_tensors="pt", size={"height": input_size, "width": input_size})
+    predicted = estimator(pixel_values=inputs["pixel_values"].to(device)).predicted_depth
+    raw = F.interpolate(predicted[:, None].float(), (image.height, image.width), mode="bilinear", align_corners=False)
+    return to_disparity(raw[0, 0].cpu().numpy(), kind)
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(content, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def compute_depth(
+    list_path: str | Path,
+    out: str | Path,
+    model: str = DEFAULT_ESTIMATOR,
+    root: str | Path | None = None,
+    dataset: str = "folder",
+    input_size: int = 518,
+    fmt: Literal["png16", "npy"] = "png16",
+    kind: Literal["disparity", "depth"] = "disparity",
+    device: str | torch.device = "cpu",
+    calibrate: bool = False,
+) -> dict[str, Any]:
+    """Write the depth maps and manifest (or only the calibration); returns the manifest or calibration."""
+    list_path, out = Path(list_path), Path(out)
+    root = Path(root) if root is not None else list_path.parent
+    if fmt not in DEPTH_SUFFIXES:
+        raise ConfigError(f"--format {fmt}: choose one of {', '.join(DEPTH_SUFFIXES)}")
+    # labels are never read: a folder dataset needs some class count only to build its spec
+    spec = create_dataset_spec(DataConfig(dataset=dataset, root=str(root), num_classes=1 if dataset == "folder" else None))
+    entries = read_split(list_path, root, spec, labeled=False)
+    settings = {"format_version": FORMAT_VERSION, "estimator": model, "input_size": input_size, "kind": kind,
+                "format": fmt, "percentiles": list(PERCENTILES), "normalised": True}
+    out.mkdir(parents=True, exist_ok=True)
+    existing = None if calibrate else read_manifest(out)
+    if existing is not None:
+        changed = {k: existing.get(k) for k, v in settings.items() if existing.get(k) != v}
+        if changed:
+            raise DataError(f"{out / MANIFEST_NAME}: its maps were written with {changed}, not with these settings; "
+                            "use another --out or remove the folder")
+    processor, estimator = load_estimator(model, torch.device(device))
+    records: dict[str, dict[str, Any]] = dict(existing["images"]) if existing else {}
+    ranges: dict[str, float] = {}
+    started = time.perf_counter()
+    for number, entry in enumerate(entries, start=1):
+        try:
+            with Image.open(entry.image) as file:
+                image = file.convert("RGB")
+        except OSError as err:
+            raise DataError(f"{entry.image}: unreadable image: {err}") from None
+        normalised, q_lo, q_hi = robust_normalise(predict_disparity(processor, estimator, image, input_size, kind))
+        ranges[entry.id] = q_hi - q_lo
+        if not calibrate:
+            save_depth(out / f"{entry.id}{DEPTH_SUFFIXES[fmt]}", normalised, fmt)
+            records[entry.id] = {"q_lo": q_lo, "q_hi": q_hi, "size": [image.height, image.width]}
+        if number % 100 == 0 or number == len(entries):
+            print(f"depth: {number}/{len(entries)} images ({time.perf_counter() - started:.0f}s)", flush=True)
+    if calibrate:
+        calibration = {"estimator": model, "input_size": input_size, "kind": kind, "percentiles": list(PERCENTILES),
+                       "images": len(ranges), "unit": float(np.median(list(ranges.values()))), "ranges": ranges}
+        _write_json(out / CALIBRATION_NAME, calibration)
+        return calibration
+    median_range = float(np.median([r["q_hi"] - r["q_lo"] for r in records.values()]))
+    manifest = {**settings, "median_range": median_range, "images": records}
+    _write_json(out / MANIFEST_NAME, manifest)  # last: the maps it lists are complete
+    return manifest

@@ -1,0 +1,103 @@
+"""Fixtures of the consistency-method tests (fixmatch, unimatch, unimatch_v2)."""
+
+import sys
+import types
+
+import pytest
+import torch
+
+from sparseg.config import ModelConfig, config_from_dict
+from sparseg.data import create_dataset_spec, make_synthetic_dataset, write_splits
+from sparseg.labels import IGNORE
+from sparseg.methods import create_method, method_class
+from sparseg.methods.base import MethodContext
+from sparseg.models import create_model
+
+NUM_CLASSES = 3
+
+
+@pytest.fixture
+def make_consistency():
+    """``make(name, **method_options)``: the method around a tiny DeepLabV3+ (resnet18, width 8)."""
+
+    def make(name, **options):
+        torch.manual_seed(0)
+        cfg = ModelConfig(encoder="resnet18", stem="plain", width=8, decoder_channels=16, dropout=0.0)
+        model = create_model(cfg, NUM_CLASSES)
+        return create_method(name, model, method_class(name).Config(**options), MethodContext(NUM_CLASSES, seed=0))
+
+    return make
+
+
+@pytest.fixture
+def consistency_batch():
+    """``batch(n=4, size=32)``: labeled and unlabeled images with crop padding on the right, and depth."""
+
+    def batch(n=4, size=32, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        valid = torch.ones(n, size, size, dtype=torch.bool)
+        valid[:, :, -4:] = False
+        mask = torch.randint(0, NUM_CLASSES, (n, size, size), generator=g).masked_fill(~valid, IGNORE)
+        return {
+            "labeled": {"image": torch.rand(n, 3, size, size, generator=g), "mask": mask, "valid": valid},
+            "unlabeled": {
+                "image": torch.rand(n, 3, size, size, generator=g), "valid": valid.clone(),
+                "depth": torch.rand(n, size, size, generator=g), "depth_valid": valid.clone(),
+            },
+        }
+
+    return batch
+
+
+class RecordingPlugin:
+    """Stands in for ``sparseg.plugins.depmatch.DepMatch``: records its views, returns one term c."""
+
+    instances: list["RecordingPlugin"] = []
+    cddp_feature = "undropped"
+
+    def __init__(self, options, num_classes, seed):
+        self.options, self.num_classes, self.seed = options, num_classes, seed
+        self.views = []
+        self.term = None
+        RecordingPlugin.instances.append(self)
+
+    def __call__(self, views, step):
+        self.views = views
+        self.term = torch.tensor(0.25, requires_grad=True)
+        return {"depmatch_term": self.term + 0.0 * views[0].logits.sum()}
+
+
+@pytest.fixture
+def recording_plugin(monkeypatch):
+    """Installs ``RecordingPlugin`` as the DepMatch plug-in; yields the class (see ``.instances``)."""
+    module = types.ModuleType("sparseg.plugins.depmatch")
+    module.DepMatch = RecordingPlugin
+    monkeypatch.setitem(sys.modules, "sparseg.plugins.depmatch", module)
+    RecordingPlugin.instances = []
+    return RecordingPlugin
+
+
+@pytest.fixture
+def consistency_run_config(tmp_path):
+    """``config(method: dict, out: str, model: dict | None = None) -> dict``: 4 iterations on 8 + 8
+    synthetic 32-px images (batch 4 + 4), evaluation and checkpoint every 2."""
+    root = make_synthetic_dataset(tmp_path / "data", n_train=16, n_val=2, size=32)
+    spec = create_dataset_spec(config_from_dict({"data": {"dataset": "synthetic", "root": str(root)}}).data)
+    write_splits(root / "train.txt", root, spec, "1/2", 0, root / "splits")
+
+    def config(method, out, model=None):
+        return {
+            "seed": 0,
+            "out": str(tmp_path / out),
+            "data": {
+                "dataset": "synthetic", "root": str(root), "labeled_list": "splits/labeled.txt",
+                "unlabeled_list": "splits/unlabeled.txt", "val_list": "val.txt", "crop_size": 32,
+                "batch_size": 4, "workers": 0,
+            },
+            "model": model or {"encoder": "resnet18", "stem": "plain", "width": 8, "decoder_channels": 16},
+            "optim": {"base_lr": 0.01, "head_lr_mult": 1.0},
+            "train": {"iters": 4, "eval_every": 2, "log_every": 1, "device": "cpu"},
+            "method": method,
+        }
+
+    return config

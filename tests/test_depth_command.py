@@ -1,0 +1,59 @@
+"""``sparseg depth`` on a tiny random-initialised Depth Anything model saved locally (no downloads)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sparseg.cli import main
+from sparseg.config import DataConfig
+from sparseg.data import EvalTransform, build_dataset, make_synthetic_dataset
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def tiny_estimator(tmp_path_factory):
+    """A 2-layer DINOv2 + DPT head with 16 channels, and a DPT image processor, in a local folder."""
+    backbone = transformers.Dinov2Config(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, image_size=28,
+        patch_size=14, out_features=["stage1", "stage2"], reshape_hidden_states=False,
+    )
+    config = transformers.DepthAnythingConfig(
+        backbone_config=backbone, reassemble_hidden_size=16, neck_hidden_sizes=[8, 16], fusion_hidden_size=16,
+        head_hidden_size=8, reassemble_factors=[2, 1], patch_size=14, depth_estimation_type="relative",
+    )
+    folder = tmp_path_factory.mktemp("tiny_depth_anything")
+    transformers.DepthAnythingForDepthEstimation(config).save_pretrained(folder)
+    transformers.DPTImageProcessor(
+        size={"height": 28, "width": 28}, keep_aspect_ratio=True, ensure_multiple_of=14
+    ).save_pretrained(folder)
+    return folder
+
+
+def test_depth_command_writes_maps_manifest_and_calibration(tmp_path, tiny_estimator, capsys):
+    root = make_synthetic_dataset(tmp_path / "data", n_train=3, n_val=1, size=32)
+    out = root / "estimated"
+    args = ["depth", str(root / "train.txt"), "--model", str(tiny_estimator), "--out", str(out), "--input-size", "28",
+            "--device", "cpu"]
+    assert main(args) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["estimator"] == str(tiny_estimator) and manifest["input_size"] == 28
+    assert sorted(manifest["images"]) == [f"images/train_000{i}" for i in range(3)]
+    record = manifest["images"]["images/train_0000"]
+    assert record["size"] == [32, 32] and record["q_hi"] >= record["q_lo"]
+    assert "wrote 3 depth maps" in capsys.readouterr().out
+
+    cfg = DataConfig(dataset="synthetic", root=str(root), train_list="train.txt", depth_dir="estimated")
+    item = build_dataset(cfg, "train_list", labeled=True, transform=EvalTransform())[0]
+    assert item["depth"].shape == (32, 32) and 0 <= item["depth"].min() <= item["depth"].max() <= 1
+
+    assert main(args[:-4] + ["--input-size", "42", "--device", "cpu"]) == 2  # other settings, same folder
+    assert "written with {'input_size': 28}" in capsys.readouterr().err
+
+    calibration_dir = tmp_path / "calibration"
+    assert main([*args[:5], str(calibration_dir), "--input-size", "28", "--device", "cpu", "--calibrate"]) == 0
+    calibration = json.loads((calibration_dir / "calibration.json").read_text())
+    assert calibration["unit"] == pytest.approx(float(np.median(list(calibration["ranges"].values()))))
+    assert not list(calibration_dir.rglob("*.png"))  # calibration writes no maps
+    assert "depmatch.unit:" in capsys.readouterr().out
