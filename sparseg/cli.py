@@ -1,4 +1,4 @@
-"""Command line: ``sparseg train|eval|predict|demo|splits``."""
+"""Command line: ``sparseg train|eval|predict|demo|splits|depth|sparsify|inspect-labels``."""
 
 from __future__ import annotations
 
@@ -49,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, help="training iterations (default: the demo's own)")
     p.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser("analyze", help="feature-clustering scores of a checkpoint's decoder features (DGCL paper)")
+    p.add_argument("checkpoint")
+    _add_set(p)
+    p.add_argument("--samples", type=int, default=10_000, help="pixels sampled from the validation set")
+    p.add_argument("--out", help="output folder (default: analysis/ next to the checkpoint)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", help="which of the method's models to analyse (e.g. teacher, student)")
+    p.add_argument("--embedding", choices=["pca", "tsne"], default="pca", help="2-D embedding for the plot")
+
     p = sub.add_parser("splits", help="split a list into labeled.txt and unlabeled.txt")
     p.add_argument("list")
     p.add_argument("--labeled", required=True, help="a fraction like 1/8 or a count like 92")
@@ -56,6 +65,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--root", help="data root the list is relative to (default: the list's folder)")
     p.add_argument("--dataset", default="folder", help="dataset kind, for id lists (voc, cityscapes, ...)")
+
+    p = sub.add_parser("depth", help="compute normalised depth maps for a split list (DepMatch; needs transformers)")
+    p.add_argument("list")
+    p.add_argument("--model", help="transformers depth estimator, local folder or hub id "
+                                   "(default: depth-anything/Depth-Anything-V2-Small-hf)")
+    p.add_argument("--out", required=True, help="depth folder (use it as data.depth_dir)")
+    p.add_argument("--root", help="data root the list is relative to (default: the list's folder)")
+    p.add_argument("--dataset", default="folder", help="dataset kind, for id lists (voc, cityscapes, ...)")
+    p.add_argument("--input-size", type=int, default=518, help="estimator input size (518 as released)")
+    p.add_argument("--format", choices=["png16", "npy"], default="png16")
+    p.add_argument("--kind", choices=["disparity", "depth"], default="disparity",
+                   help="what the estimator outputs; depth is stored as 1/(d+eps)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--calibrate", action="store_true",
+                   help="write no maps, only calibration.json with depmatch.unit = median(q99 - q1) of the raw output")
+
+    p = sub.add_parser("sparsify", help="synthesise sparse labels (points, clicks, scribbles) from a dense list")
+    p.add_argument("list", help="split list with dense masks")
+    p.add_argument("--kind", required=True, choices=["points", "clicks", "scribbles"])
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True, help="output folder: masks, train.txt, manifest.json")
+    p.add_argument("--per-image", type=int, help="clicks: labeled discs per image (default 50)")
+    p.add_argument("--per-object", type=int, help="points: points per object (default 1)")
+    p.add_argument("--width", type=float, help="disc diameter or scribble width in pixels (default 3)")
+    p.add_argument("--min-area", type=int, help="points/scribbles: smallest object labeled (default 9 / 64)")
+    p.add_argument("--placement", choices=["interior", "center"], help="points: where in the object (default interior)")
+    p.add_argument("--method", choices=["skeleton", "walk"], help="scribbles: shape (default skeleton)")
+    p.add_argument("--stratified", action="store_true", help="clicks: one per present class first")
+    p.add_argument("--void-as", choices=["unlabeled", "ignore"], help="void pixels become 254 (default) or 255")
+    p.add_argument("--root", help="data root the list is relative to (default: the list's folder)")
+    p.add_argument("--dataset", default="folder", help="dataset kind (voc, cityscapes, camvid, folder, ...)")
+    p.add_argument("--num-classes", type=int, help="class count of a folder dataset")
+    p.add_argument("--overwrite", action="store_true", help="replace labels made with other settings in OUT")
+
+    p = sub.add_parser("inspect-labels", help="value histogram, labeled fraction and guessed format of label PNGs")
+    p.add_argument("paths", nargs="+", metavar="PNG_OR_DIR")
+    p.add_argument("--num-classes", type=int, required=True, help="K (VOC 21, Cityscapes 19, CamVid 11)")
+    p.add_argument("--max-files", type=int, default=1000, help="inspect at most this many, evenly spread")
     return parser
 
 
@@ -173,6 +220,27 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from sparseg.data import EvalTransform, build_dataset
+    from sparseg.engine.checkpoint import CheckpointError
+    from sparseg.eval.analyze import analyze_features
+
+    cfg, state, model, name = load_trained(args.checkpoint, args.overrides, args.model)
+    if cfg.data.val_list is None:
+        raise CheckpointError("no data.val_list: pass --set data.val_list=LIST")
+    dataset = build_dataset(cfg.data, "val_list", labeled=True, transform=EvalTransform())
+    device = _device(cfg)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "analysis"
+    scores = analyze_features(model.to(device), dataset, cfg.eval, state["class_names"], state["palette"], out,
+                              args.samples, args.seed, device, args.embedding)
+    print(f"{args.checkpoint} ({name}): {scores.num_pixels} pixels from {scores.num_images} images; "
+          f"{out / 'analysis.json'}, {out / 'embedding.png'}")
+    print(f"silhouette: {scores.silhouette:.4f}")
+    print(f"calinski_harabasz: {scores.calinski_harabasz:.2f}")
+    print(f"davies_bouldin: {scores.davies_bouldin:.4f}")
+    return 0
+
+
 def cmd_splits(args) -> int:
     from sparseg.config import DataConfig
     from sparseg.data import create_dataset_spec, write_splits
@@ -185,12 +253,79 @@ def cmd_splits(args) -> int:
     return 0
 
 
+def cmd_depth(args) -> int:
+    from sparseg.depth import DEFAULT_ESTIMATOR, compute_depth
+    from sparseg.engine.distributed import DistInfo, resolve_device
+
+    result = compute_depth(
+        args.list, args.out, args.model or DEFAULT_ESTIMATOR, args.root, args.dataset, args.input_size,
+        args.format, args.kind, resolve_device(args.device, DistInfo()), args.calibrate,
+    )
+    if args.calibrate:
+        print(f"depmatch.unit: {result['unit']:.4g} (median q99 - q1 of {result['images']} images; "
+              f"{Path(args.out) / 'calibration.json'})")
+    else:
+        print(f"wrote {len(result['images'])} depth maps and manifest.json to {args.out}; median raw range "
+              f"q99 - q1: {result['median_range']:.4g} (with Depth Anything V2 Small, this is depmatch.unit)")
+    return 0
+
+
+# sparsify options -> generator keyword, per kind (sparseg.data.sparsify)
+SPARSIFY_OPTIONS = {
+    "clicks": {"per_image": "n", "width": "diameter", "stratified": "stratified", "void_as": "void_as"},
+    "points": {"per_object": "per_object", "width": "diameter", "min_area": "min_area", "placement": "placement",
+               "void_as": "void_as"},
+    "scribbles": {"width": "width", "min_area": "min_area", "method": "method", "void_as": "void_as"},
+}
+
+
+def cmd_sparsify(args) -> int:
+    from sparseg.config import ConfigError, DataConfig
+    from sparseg.data import create_dataset_spec, sparsify_list
+
+    options = SPARSIFY_OPTIONS[args.kind]
+    given = {name for name in ("per_image", "per_object", "width", "min_area", "placement", "method",
+                               "stratified", "void_as") if getattr(args, name) not in (None, False)}
+    if given - set(options):
+        flags = ", ".join(f"--{n.replace('_', '-')}" for n in sorted(given - set(options)))
+        raise ConfigError(f"{flags} do(es) not apply to --kind {args.kind}")
+    params = {options[name]: getattr(args, name) for name in given}
+    list_path = Path(args.list)
+    root = Path(args.root) if args.root else list_path.parent
+    spec = create_dataset_spec(DataConfig(dataset=args.dataset, root=str(root), num_classes=args.num_classes))
+    manifest = sparsify_list(list_path, root, spec, args.kind, args.seed, args.out, args.overwrite, **params)
+    summary = manifest["summary"]
+    per_class = ", ".join(f"{name} {n}" for name, n in summary["images_labeling_class"].items())
+    print(f"{summary['images']} images, labeled fraction mean {summary['labeled_fraction_mean']:.3%} "
+          f"(min {summary['labeled_fraction_min']:.3%}, max {summary['labeled_fraction_max']:.3%})")
+    print(f"images labeling each class: {per_class}")
+    print(f"images with a present but unlabeled class (suppressed by agmm's absent term): "
+          f"{summary['images_with_present_unlabeled_class']}")
+    print(f"wrote {Path(args.out) / 'train.txt'} and manifest.json; train with "
+          f"--set data.train_list={Path(args.out).resolve() / 'train.txt'} data.label_format=sparse")
+    return 0
+
+
+def cmd_inspect_labels(args) -> int:
+    from sparseg.data import inspect_labels
+
+    paths = _image_paths(args.paths)
+    if len(paths) > args.max_files:
+        paths = [paths[i * len(paths) // args.max_files] for i in range(args.max_files)]
+    print(inspect_labels(paths, args.num_classes).summary())
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "predict": cmd_predict,
     "demo": cmd_demo,
     "splits": cmd_splits,
+    "analyze": cmd_analyze,
+    "sparsify": cmd_sparsify,
+    "inspect-labels": cmd_inspect_labels,
+    "depth": cmd_depth,
 }
 
 

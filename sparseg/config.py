@@ -52,6 +52,10 @@ class DataConfig(Section):
     base_size: int | None = None  # resize the long side to this before scaling
     flip: bool = True
     batch_size: int = 8  # global labeled batch
+    # depth maps for training lists (DepMatch, docs/methods/depmatch.md): None = no depth
+    depth_dir: str | None = None  # relative to root: <depth_dir>/<image path, suffix replaced>.png|.npy
+    depth_missing: Literal["error", "skip"] = "error"  # skip: the image's depth_valid is all False
+    depth_norm: Literal["robust", "raw"] = "robust"  # robust: d~ in [0,1] (depmatch.md §3); raw: estimator units
     unlabeled_batch_size: int | None = None  # global unlabeled batch (default: batch_size)
     workers: int = 2
 

@@ -2,23 +2,28 @@
 
 Supervised methods train on every generated training image. Semi-supervised methods (those with an
 ``unlabeled`` stream) keep labels for 1/8 of them, and the demo also trains the supervised baseline on
-the same labeled images so the two can be compared. A method can adjust the demo config through its
-``demo_overrides`` attribute.
+the same labeled images so the two can be compared. Sparse-label methods (a ``label_kind`` attribute:
+points, clicks or scribbles) train on that kind of labels, synthesised once from the dense masks. A
+method can adjust the demo config through its ``demo_overrides`` attribute.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from sparseg.config import config_from_dict
-from sparseg.data import SYNTHETIC_CLASSES, make_synthetic_dataset, write_splits, create_dataset_spec
+from sparseg.config import ConfigError, config_from_dict
+from sparseg.data import SYNTHETIC_CLASSES, create_dataset_spec, make_synthetic_dataset, sparsify_list, write_splits
 from sparseg.methods import method_class
 
 DEMO_IMAGES = {"n_train": 240, "n_val": 48, "size": 64}
 DEMO_LABELED = "1/8"
+DEMO_PLUGINS = {  # the synthetic data has true procedural depth (depmatch.md §3)
+    "depmatch": {"method": {"depmatch": {}}, "data": {"depth_dir": "depth"}},
+}
 
 
 def cache_dir() -> Path:
@@ -79,12 +84,24 @@ def run_demo(method: str = "supervised", out: Path = Path("runs/demo"), iters: i
     from sparseg.eval import format_table
 
     started = time.perf_counter()
-    cls = method_class(method)
+    name, _, plugin = method.partition("+")  # NAME+PLUGIN: method NAME with the plug-in's default preset
+    cls = method_class(name)
+    if plugin and plugin not in DEMO_PLUGINS:
+        raise ConfigError(f"--method {method}: unknown plug-in '{plugin}' (known: {', '.join(DEMO_PLUGINS)})")
     root = make_synthetic_dataset(cache_dir() / "synthetic", seed=0, **DEMO_IMAGES)
-    overrides = dict(getattr(cls, "demo_overrides", {}))
-    n_iters = iters or overrides.pop("iters", DEMO_ITERS)
+    overrides = _merge(copy.deepcopy(getattr(cls, "demo_overrides", {})), copy.deepcopy(DEMO_PLUGINS.get(plugin, {})))
+    method_iters = overrides.pop("iters", DEMO_ITERS)  # popped even with --iters: not a config key
+    n_iters = iters or method_iters
     results: dict[str, float] = {}
     data: dict[str, Any] = {}
+    label_kind = getattr(cls, "label_kind", None)
+    if label_kind is not None:
+        sparse_dir = root / "sparse" / label_kind
+        spec = create_dataset_spec(config_from_dict(demo_config(root, out)).data)
+        summary = sparsify_list(root / "train.txt", root, spec, label_kind, 0, sparse_dir)["summary"]
+        print(f"demo: '{method}' trains on {label_kind} synthesised from the dense masks "
+              f"({summary['labeled_fraction_mean']:.2%} of the pixels labeled)")
+        data = {"train_list": str((sparse_dir / "train.txt").relative_to(root)), "label_format": "sparse"}
     if "unlabeled" in cls.streams:
         split_dir = root / "splits" / DEMO_LABELED.replace("/", "_")
         if not (split_dir / "labeled.txt").exists():
@@ -97,7 +114,7 @@ def run_demo(method: str = "supervised", out: Path = Path("runs/demo"), iters: i
         baseline = demo_config(root, out / "supervised", "supervised", seed, n_iters, train_list=labeled)
         results["supervised"] = _train(baseline).miou
         data = {"train_list": None, "labeled_list": labeled, "unlabeled_list": unlabeled}
-    raw = _merge(demo_config(root, out / method, method, seed, n_iters, **data), overrides)
+    raw = _merge(demo_config(root, out / method, name, seed, n_iters, **data), overrides)
     result = _train(raw)
     results[method] = result.miou
     predictions = _write_predictions(out / method, root)

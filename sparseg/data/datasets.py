@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -13,10 +14,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from sparseg.config import ConfigError, DataConfig
+from sparseg.data.sparse import LabelFormatError, class_tags, sparse_warning, to_canonical
 from sparseg.data.splits import IMAGE_SUFFIXES, SplitEntry, read_split
 from sparseg.data.synthetic import SYNTHETIC_CLASSES
 from sparseg.labels import IGNORE
 from sparseg.registry import Registry, UnknownNameError
+
+if TYPE_CHECKING:
+    from sparseg.data.depth import DepthReader
 
 
 class DataError(ValueError):
@@ -276,9 +281,17 @@ class SegmentationDataset(Dataset):
 
     ``dataset[i]`` or ``dataset[(i, sample_seed)]``; the augmentation draws from
     ``np.random.default_rng(sample_seed)`` (fresh entropy for a plain int).
+    With ``sparse_encoding`` (an encoding of ``sparseg.data.sparse``) masks are sparse labels, converted
+    to canonical (254 = unlabeled) instead of the spec's dense mapping, and items also hold ``tags``
+    float [K]: 1 for classes labeled anywhere in the un-augmented mask (agmm.md §5, t).
+    With ``depth`` items also hold ``depth`` float32 [H,W] and ``depth_valid`` bool [H,W], augmented with
+    the image's geometry (``sparseg.data.depth``, depmatch.md §3).
     """
 
-    def __init__(self, entries: Sequence[SplitEntry], spec: DatasetSpec, transform, labeled: bool) -> None:
+    def __init__(
+        self, entries: Sequence[SplitEntry], spec: DatasetSpec, transform, labeled: bool,
+        sparse_encoding: str | None = None, depth: DepthReader | None = None,
+    ) -> None:
         missing = next((e for e in entries if e.mask is None), None) if labeled else None
         if missing is not None:
             raise DataError(f"{missing.image}: labeled dataset entry without a mask")
@@ -286,6 +299,9 @@ class SegmentationDataset(Dataset):
         self.spec = spec
         self.transform = transform
         self.labeled = labeled
+        self.sparse_encoding = sparse_encoding
+        self.depth = depth
+        self._warned = False  # sparse masks that look dense are reported once
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -297,7 +313,11 @@ class SegmentationDataset(Dataset):
         fields: dict[str, Any] = {"image": image.convert("RGB")}
         if self.labeled:
             fields["mask"] = self.read_mask(entry, image.size)
+        if self.depth is not None:
+            fields.update(self.depth.fields(index, image.size))
         item = self.transform(fields, np.random.default_rng(sample_seed))
+        if self.labeled and self.sparse_encoding is not None:
+            item["tags"] = torch.from_numpy(class_tags(fields["mask"], self.spec.num_classes))
         item["index"] = torch.tensor(index, dtype=torch.int64)
         return item
 
@@ -312,7 +332,17 @@ class SegmentationDataset(Dataset):
         raw = np.asarray(mask)  # palette PNGs hold class indices: never convert("L")
         if raw.ndim != 2:
             raise DataError(f"{entry.mask}: mask must be single-channel, got mode {mask.mode} {raw.shape}")
-        return self.spec.map_labels(raw, entry.mask)
+        if self.sparse_encoding is None:
+            return self.spec.map_labels(raw, entry.mask)
+        try:
+            labels = to_canonical(raw, self.spec.num_classes, self.sparse_encoding)
+        except LabelFormatError as err:
+            raise DataError(f"{entry.mask}: {err}") from None
+        if not self._warned and (issue := sparse_warning(labels, self.spec.num_classes)):
+            self._warned = True
+            warnings.warn(f"{entry.mask}: {issue}; is this list really sparse (data.label_format: sparse)? "
+                          "Only the first such file is reported.", stacklevel=2)
+        return labels
 
 
 def resolve_list(cfg: DataConfig, list_key: str) -> Path:
@@ -333,4 +363,11 @@ def build_dataset(cfg: DataConfig, list_key: str, labeled: bool, transform) -> S
     """Dataset for the split list ``cfg.<list_key>`` (e.g. ``"labeled_list"``) under ``cfg.root``."""
     spec = create_dataset_spec(cfg)
     entries = read_split(resolve_list(cfg, list_key), cfg.root, spec, labeled=labeled)
-    return SegmentationDataset(entries, spec, transform, labeled=labeled)
+    sparse = cfg.label_format == "sparse" and labeled and list_key != "val_list"  # val masks stay dense
+    depth = None
+    if cfg.depth_dir is not None and list_key != "val_list":  # training lists only: evaluation needs no depth
+        from sparseg.data.depth import DepthReader
+
+        depth = DepthReader(Path(cfg.root) / cfg.depth_dir, entries, cfg.depth_missing, cfg.depth_norm)
+    return SegmentationDataset(entries, spec, transform, labeled=labeled,
+                               sparse_encoding=cfg.sparse_encoding if sparse else None, depth=depth)

@@ -3,7 +3,7 @@
 Each object class is a shape with its own texture (disc: stripes, square: checker, triangle: dots,
 cross: grid). Colours come from one distribution for all classes, so colour alone does not tell
 the classes apart. Depth is stored as a disparity-like map (larger = nearer, as the depth files
-of ``sparseg.plugins.depmatch``): a ground plane from 0.1 (top row) to 0.8 (bottom row), and each
+of ``sparseg.data.depth``): a ground plane from 0.1 (top row) to 0.8 (bottom row), and each
 object at a constant value 0.08 nearer than the ground at its lowest row; objects are painted far
 to near, so occlusion agrees with depth.
 """

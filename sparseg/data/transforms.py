@@ -25,11 +25,6 @@ def _image_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).float().div_(255.0)
 
 
-def _depth_tensor(a: np.ndarray) -> torch.Tensor:
-    scale = np.iinfo(a.dtype).max if np.issubdtype(a.dtype, np.integer) else 1.0
-    return torch.from_numpy(a.astype(np.float32) / np.float32(scale))
-
-
 @dataclass(frozen=True)
 class FieldKind:
     """How one key is resampled ("bilinear" or "nearest"), padded and turned into a tensor."""
@@ -43,7 +38,9 @@ FIELDS: dict[str, FieldKind] = {
     "image": FieldKind("bilinear", 0, _image_tensor),  # uint8 [H,W,3] -> float32 [3,H,W] in [0,1]
     "mask": FieldKind("nearest", IGNORE, lambda a: torch.from_numpy(a.astype(np.int64))),
     "valid": FieldKind("nearest", False, lambda a: torch.from_numpy(a.astype(bool))),
-    "depth": FieldKind("nearest", 0, _depth_tensor),  # integer PNGs scaled to [0,1]
+    # float32 depth (sparseg.data.depth): resized like the image, never colour-augmented (depmatch.md §3)
+    "depth": FieldKind("bilinear", 0.0, lambda a: torch.from_numpy(a.astype(np.float32))),
+    "depth_valid": FieldKind("nearest", False, lambda a: torch.from_numpy(a.astype(bool))),
 }
 
 
@@ -74,7 +71,9 @@ def _resize(a: np.ndarray, size: tuple[int, int], resample: str) -> np.ndarray:
         return a[rows[:, None], cols]
     if a.dtype == np.uint8 and (a.ndim == 2 or a.shape[2] in (3, 4)):
         return np.asarray(Image.fromarray(a).resize((w, h), Image.BILINEAR))
-    raise ValueError(f"bilinear resize needs uint8 grey or colour arrays, got {a.dtype} {a.shape}")
+    if a.dtype == np.float32 and a.ndim == 2:  # PIL mode "F": the same filter as the image
+        return np.asarray(Image.fromarray(a).resize((w, h), Image.BILINEAR))
+    raise ValueError(f"bilinear resize needs uint8 grey or colour, or float32 grey arrays, got {a.dtype} {a.shape}")
 
 
 class TrainTransform:

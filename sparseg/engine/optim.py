@@ -20,7 +20,7 @@ def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    """SGD with two parameter groups: the encoder at ``lr``, the rest at ``lr x head_lr_mult``."""
+    """SGD or AdamW with two parameter groups: the encoder at ``lr``, the rest at ``lr x head_lr_mult``."""
     groups = model.param_groups()
     param_groups = [
         {"params": [p for p in groups["backbone"] if p.requires_grad], "lr": lr, "base_lr": lr},
@@ -30,6 +30,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.opti
             "base_lr": lr * cfg.head_lr_mult,
         },
     ]
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(param_groups, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(param_groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 

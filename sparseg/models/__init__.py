@@ -9,6 +9,7 @@ from torch import nn
 
 from sparseg.config import ModelConfig
 from sparseg.models.deeplabv3plus import DeepLabV3Plus, SegmentationModel
+from sparseg.models.dpt import DPT, PRESETS as DINOV2_PRESETS, dinov2_encoder
 from sparseg.models.resnet import ResNet
 from sparseg.models.weights import LoadReport, WeightsError, load_encoder_weights
 from sparseg.registry import Registry
@@ -30,7 +31,7 @@ def _resnet(cfg: ModelConfig) -> ResNet:
 
 @MODELS.register("deeplabv3plus")
 def _deeplabv3plus(cfg: ModelConfig, num_classes: int) -> DeepLabV3Plus:
-    return DeepLabV3Plus(
+    model = DeepLabV3Plus(
         _resnet(cfg),
         num_classes,
         aspp_rates=cfg.aspp_rates,
@@ -39,6 +40,34 @@ def _deeplabv3plus(cfg: ModelConfig, num_classes: int) -> DeepLabV3Plus:
         proj_dim=cfg.proj_dim,
         aux_head=cfg.aux_head,
     )
+    if cfg.pretrained:
+        _load_resnet_weights(model.encoder, cfg)
+    return model
+
+
+@MODELS.register("dpt")
+def _dpt(cfg: ModelConfig, num_classes: int) -> DPT:
+    """DINOv2 + DPT; ``cfg.pretrained`` is a Hugging Face directory or hub id (sparseg/models/dpt.py)."""
+    preset = DINOV2_PRESETS[cfg.encoder]
+    return DPT(
+        dinov2_encoder(cfg.encoder, cfg.pretrained),
+        num_classes,
+        layers=cfg.dpt_layers or preset.layers,
+        features=preset.features,
+        out_channels=preset.out_channels,
+    )
+
+
+def _load_resnet_weights(encoder: ResNet, cfg: ModelConfig) -> None:
+    report = load_encoder_weights(encoder, cfg.pretrained, cfg.pretrained_layout)
+    logger.info("encoder weights from %s: %s", cfg.pretrained, report)
+    if report.unexpected:
+        logger.warning(
+            "%d keys in %s are not in the encoder: %s",
+            len(report.unexpected),
+            cfg.pretrained,
+            ", ".join(report.unexpected[:10]),
+        )
 
 
 def list_models() -> list[str]:
@@ -47,23 +76,13 @@ def list_models() -> list[str]:
 
 
 def create_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """Build model ``cfg.name``; load ``cfg.pretrained`` into its encoder when set."""
-    model = MODELS.get(cfg.name)(cfg, num_classes)
-    if cfg.pretrained:
-        report = load_encoder_weights(model.encoder, cfg.pretrained, cfg.pretrained_layout)
-        logger.info("encoder weights from %s: %s", cfg.pretrained, report)
-        if report.unexpected:
-            logger.warning(
-                "%d keys in %s are not in the encoder: %s",
-                len(report.unexpected),
-                cfg.pretrained,
-                ", ".join(report.unexpected[:10]),
-            )
-    return model
+    """Build model ``cfg.name``; its factory loads ``cfg.pretrained`` into the encoder when set."""
+    return MODELS.get(cfg.name)(cfg, num_classes)
 
 
 __all__ = [
     "MODELS",
+    "DPT",
     "DeepLabV3Plus",
     "LoadReport",
     "ResNet",

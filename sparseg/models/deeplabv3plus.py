@@ -137,7 +137,14 @@ class DeepLabV3Plus(SegmentationModel):
             )
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        features = self.encoder(self.normalize(x))
+        return self.decode(self.encode(x))
+
+    def encode(self, x: Tensor) -> dict[str, Tensor]:
+        """Encoder maps ``layer1..layer4`` of images ``x`` in [0, 1]: the input of ``decode``."""
+        return self.encoder(self.normalize(x))
+
+    def decode(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The heads on (possibly perturbed) encoder maps: ``forward(x) == decode(encode(x))``."""
         size = features["layer1"].shape[-2:]
         context = _resize(self.aspp(features["layer4"]), size)
         fts = self.fuse(torch.cat([context, self.reduce(features["layer1"])], dim=1))

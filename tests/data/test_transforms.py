@@ -71,7 +71,7 @@ def test_same_seed_same_result_regardless_of_call_order():
 
 
 def test_extra_fields_follow_the_table():
-    depth = np.full((24, 40), 65535, dtype=np.uint16)
+    depth = np.ones((24, 40), dtype=np.float32)  # d~ as sparseg.data.depth loads it
     out = run(TrainTransform((32, 48), scale_range=(1.0, 1.0)), 0, depth=depth)
     assert out["depth"].dtype == torch.float32
     assert torch.equal(out["depth"] == 1.0, out["valid"]) and (out["depth"][~out["valid"]] == 0).all()
