@@ -1,4 +1,9 @@
 import pytest
+import torch
+
+# Tests use tiny tensors: one thread is as fast, and far faster when the cores are busy
+# (OpenMP threads spin-wait under oversubscription).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

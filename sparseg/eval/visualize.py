@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sparseg.data.datasets import voc_colormap
 from sparseg.labels import IGNORE
 
 IGNORE_COLOR = (224, 224, 192)  # VOC's cream for void pixels
@@ -17,17 +18,7 @@ Palette = Sequence[Sequence[int]] | np.ndarray
 
 def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
     """The Pascal VOC colour map: bits of the class index interleaved into R, G, B."""
-    palette = []
-    for index in range(num_classes):
-        r = g = b = 0
-        c = index
-        for bit in range(7, -1, -1):
-            r |= (c & 1) << bit
-            g |= ((c >> 1) & 1) << bit
-            b |= ((c >> 2) & 1) << bit
-            c >>= 3
-        palette.append((r, g, b))
-    return palette
+    return voc_colormap(num_classes)
 
 
 def _as_mask(mask: np.ndarray) -> np.ndarray:
