@@ -128,3 +128,20 @@ def test_corrupt_checkpoint_is_refused(tmp_path, capsys):
     bad.write_bytes(b"PK\x03\x04 not really")
     assert main(["eval", str(bad)]) == 2
     assert "corrupt or truncated" in capsys.readouterr().err
+
+
+def test_bf16_autocast_and_channels_last_paths(tmp_path, data_root):
+    """The AMP and memory-format switches run end to end (bf16 autocast works on CPU too)."""
+    cfg = write_config(tmp_path, data_root, iters=2)
+    assert main(["train", str(cfg), "--set", "train.amp=bf16", "train.channels_last=true"]) == 0
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert state["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in state["method"].values() if v.is_floating_point())
+
+
+def test_fp16_needs_cuda_and_dense_methods_refuse_sparse_lists(tmp_path, data_root, capsys):
+    cfg = write_config(tmp_path, data_root, iters=2)
+    assert main(["train", str(cfg), "--set", "train.amp=fp16"]) == 2
+    assert "fp16 needs a CUDA device" in capsys.readouterr().err
+    assert main(["train", str(cfg), "--set", "data.label_format=sparse"]) == 2
+    assert "needs dense labels" in capsys.readouterr().err
