@@ -26,6 +26,7 @@ from rich.table import Table
 from sparseg.config import ConfigError, load_config
 from sparseg.data import create_dataset_spec, make_synthetic_dataset, write_splits
 from sparseg.engine.trainer import Trainer
+from sparseg.methods import method_class
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -44,6 +45,8 @@ def measure(config: str, root: Path, batch: int, steps: int, warmup: int, device
         "train.eval_every=0", f"out={root / 'runs' / Path(config).stem}",
     ]
     cfg = load_config(config, overrides)
+    if "warmup_epochs" in method_class(cfg.method["name"]).Config.model_fields:
+        cfg = load_config(config, overrides + ["method.warmup_epochs=0"])  # time full steps, not warm-up
     if not torch.cuda.is_available() and cfg.train.amp == "fp16":
         cfg.train.amp = "off"  # fp16 autocast needs CUDA; CPU runs in fp32
     trainer = Trainer(cfg, overwrite=True, quiet=True)
@@ -79,7 +82,9 @@ def main() -> None:
 
     console = Console(width=160)
     with tempfile.TemporaryDirectory() as tmp:
-        root = make_synthetic_dataset(Path(tmp) / "data", n_train=32, n_val=2, size=256, seed=0)
+        # enough images that warm-up and timed steps fit in one epoch of both streams
+        n_train = max(32, 2 * args.batch * (args.warmup + args.steps))
+        root = make_synthetic_dataset(Path(tmp) / "data", n_train=n_train, n_val=2, size=256, seed=0)
         spec = create_dataset_spec(load_config(None, ["data.dataset=synthetic", f"data.root={root}"]).data)
         write_splits(root / "train.txt", root, spec, "1/2", 0, root / "splits")
         rows = []

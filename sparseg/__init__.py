@@ -1,0 +1,21 @@
+"""sparseg: label-efficient semantic segmentation (semi-supervised and sparsely annotated) in PyTorch."""
+
+from sparseg.config import Config, ConfigError, load_config
+from sparseg.data import build_dataset, create_dataset_spec
+from sparseg.methods import create_method, list_methods
+from sparseg.models import create_model, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "load_config",
+    "create_dataset_spec",
+    "build_dataset",
+    "create_model",
+    "list_models",
+    "create_method",
+    "list_methods",
+    "__version__",
+]
