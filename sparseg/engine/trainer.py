@@ -308,13 +308,15 @@ class Trainer:
 
     def _average_buffers(self) -> None:
         """Without SyncBN (CPU/gloo) each process keeps its own BN running statistics; average
-        them so evaluation shards and the checkpoint all use one model."""
+        them so evaluation shards and the checkpoint all use one model. Other buffers (memory banks)
+        are identical on every process by construction and are left alone."""
         if not self.dist.enabled:
             return
-        for buffer in self.method.buffers():
-            if buffer.is_floating_point():
-                torch.distributed.all_reduce(buffer)
-                buffer /= self.dist.world_size
+        for module in self.method.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+                for buffer in (module.running_mean, module.running_var):
+                    torch.distributed.all_reduce(buffer)
+                    buffer /= self.dist.world_size
 
     def _evaluate_and_checkpoint(self) -> EvalResult | None:
         self._check_in_sync()
