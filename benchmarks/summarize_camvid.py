@@ -2,8 +2,9 @@
 
     python benchmarks/summarize_camvid.py [runs/camvid]
 
-Reads each finished run's final validation record in ``metrics.jsonl`` (runs named ``<method>_<split>_s<seed>``)
-and prints, per method and split, the mIoU of every evaluated model per seed and its mean and spread
+Reads each finished run's final validation record in ``metrics.jsonl`` (runs named ``<method>_<labels>_s<seed>``,
+labels a split such as ``1_8``, ``full``, or a sparse label kind: ``points``, ``scribbles``) and prints, per
+method and labels, the mIoU of every evaluated model per seed and its mean and spread
 (half the range; the standard deviation is meaningless for two seeds).
 """
 
@@ -26,18 +27,25 @@ def final_val(run: Path) -> dict[str, float]:
     return {k[: -len("_miou")]: v for k, v in final[-1].items() if k.endswith("_miou")} if final else {}
 
 
+def label_order(labels: str) -> tuple[int, float]:
+    """Splits by labeled fraction (1/16, 1/8, 1/4, full), then the sparse label kinds."""
+    if labels.startswith("1_"):
+        return 0, 1 / int(labels[2:])
+    return (0, 1.0) if labels == "full" else (1, 0.0)
+
+
 def main(root: str = "runs/camvid") -> None:
     table: dict[tuple[str, str, str], dict[int, float]] = defaultdict(dict)
     for run in sorted(Path(root).iterdir()):
-        match = re.fullmatch(r"(.+)_(1_\d+|full)_s(\d+)", run.name)
+        match = re.fullmatch(r"(.+)_(1_\d+|full|points|scribbles|clicks)_s(\d+)", run.name)
         if not match or not (run / "metrics.jsonl").exists():
             continue
         method, split, seed = match.groups()
         for model, miou in final_val(run).items():
             table[(split, method, model)][int(seed)] = miou
-    print("| split | method | model | per seed | mean ± half-range |")
+    print("| labels | method | model | per seed | mean ± half-range |")
     print("|---|---|---|---|---|")
-    for (split, method, model), seeds in sorted(table.items()):
+    for (split, method, model), seeds in sorted(table.items(), key=lambda item: (label_order(item[0][0]), item[0])):
         values = [seeds[s] for s in sorted(seeds)]
         mean = sum(values) / len(values)
         spread = (max(values) - min(values)) / 2
