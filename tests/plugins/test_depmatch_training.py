@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import yaml
 
 from sparseg.config import ConfigError, config_from_dict
 from sparseg.data import create_dataset_spec, make_synthetic_dataset, write_splits
@@ -40,3 +41,5 @@ def test_demo_fixmatch_with_depmatch(tmp_path, monkeypatch):
     assert set(results) == {"supervised", "fixmatch+depmatch"}
     logged = json.loads((tmp_path / "demo" / "fixmatch+depmatch" / "metrics.jsonl").read_text().splitlines()[0])
     assert "cddp" in logged and "uldr" in logged
+    config = yaml.safe_load((tmp_path / "demo" / "fixmatch+depmatch" / "config.yaml").read_text())
+    assert config["method"]["depmatch"]["cddp"]["feat_norm"] == "l2"  # measured choice for DeepLabV3+
