@@ -1,4 +1,4 @@
-"""Fixtures of the consistency-method tests (fixmatch, unimatch, unimatch_v2)."""
+"""Fixtures of the method tests: tiny models and batches, tiny training runs and the exact-resume check."""
 
 import sys
 import types
@@ -8,12 +8,14 @@ import torch
 
 from sparseg.config import ModelConfig, config_from_dict
 from sparseg.data import create_dataset_spec, make_synthetic_dataset, write_splits
+from sparseg.engine.trainer import Trainer
 from sparseg.labels import IGNORE
 from sparseg.methods import create_method, method_class
 from sparseg.methods.base import MethodContext
 from sparseg.models import create_model
 
 NUM_CLASSES = 3
+TINY_MODEL = {"encoder": "resnet18", "stem": "plain", "width": 8, "decoder_channels": 16}
 
 
 @pytest.fixture
@@ -78,7 +80,7 @@ def recording_plugin(monkeypatch):
 
 
 @pytest.fixture
-def consistency_run_config(tmp_path):
+def semi_run_config(tmp_path):
     """``config(method: dict, out: str, model: dict | None = None) -> dict``: 4 iterations on 8 + 8
     synthetic 32-px images (batch 4 + 4), evaluation and checkpoint every 2."""
     root = make_synthetic_dataset(tmp_path / "data", n_train=16, n_val=2, size=32)
@@ -94,10 +96,49 @@ def consistency_run_config(tmp_path):
                 "unlabeled_list": "splits/unlabeled.txt", "val_list": "val.txt", "crop_size": 32,
                 "batch_size": 4, "workers": 0,
             },
-            "model": model or {"encoder": "resnet18", "stem": "plain", "width": 8, "decoder_channels": 16},
+            "model": model or TINY_MODEL,
             "optim": {"base_lr": 0.01, "head_lr_mult": 1.0},
             "train": {"iters": 4, "eval_every": 2, "log_every": 1, "device": "cpu"},
             "method": method,
         }
 
     return config
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAfterCheckpoint(Trainer):
+    """Stops the run by an exception right after the checkpoint of iteration 2."""
+
+    def _evaluate_and_checkpoint(self):
+        result = super()._evaluate_and_checkpoint()
+        if self.iteration == 2:
+            raise Crash
+        return result
+
+
+@pytest.fixture
+def assert_resume_is_exact(semi_run_config):
+    """``check(method: dict, **model_options) -> Trainer``: 4 iterations straight and 2 + crash + fresh
+    process state + resume 2 end with identical method state (model, teacher, memories, ...); returns the
+    straight run. ``model_options`` extend the tiny model."""
+
+    def check(method, **model_options):
+        model = {**TINY_MODEL, **model_options}
+        straight = Trainer(config_from_dict(semi_run_config(method, "straight", model)), quiet=True)
+        straight.fit()
+        cfg = config_from_dict(semi_run_config(method, "resumed", model))
+        with pytest.raises(Crash):
+            CrashAfterCheckpoint(cfg, quiet=True).fit()
+        resumed = Trainer(cfg, resume=True, quiet=True)
+        assert resumed.iteration == 2
+        resumed.fit()
+        a, b = straight.method.state_dict(), resumed.method.state_dict()
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+        return straight
+
+    return check

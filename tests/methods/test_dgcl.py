@@ -2,7 +2,6 @@
 
 import math
 import socket
-import sys
 from pathlib import Path
 
 import pytest
@@ -409,14 +408,9 @@ def test_config_checks():
         make_dgcl(ignore_classes=[K])
 
 
-def test_trainer_end_to_end_and_exact_resume(tmp_path):
-    sys.path.insert(0, str(Path(__file__).parent))  # the shared trainer helpers live in test_selftrain.py
-    try:
-        from test_selftrain import assert_resume_is_exact
-    finally:
-        sys.path.pop(0)
+def test_trainer_end_to_end_and_exact_resume(assert_resume_is_exact):
     method = {"name": "dgcl", "warmup_epochs": 0, "teacher_sync_epochs": 0, "ignore_classes": [], **SMALL}
-    trainer = assert_resume_is_exact(tmp_path, method, proj_dim=REP_DIM)
+    trainer = assert_resume_is_exact(method, proj_dim=REP_DIM)
     assert int(trainer.method.contrast_start) == 1  # the memory filled at iteration 0 allows L_c at 1
     assert trainer.method.memory.count.sum() > 0
     assert {"memory_fill", "contrast_start", "contrast_drop_percent", "ema_decay"} <= set(trainer.method.extra_logs())

@@ -103,7 +103,7 @@ def test_plugin_gets_one_view_and_its_terms_enter_the_bracket(make_consistency, 
     assert out["loss"].item() == pytest.approx(0.5 * (out["sup"] + out["unsup_s1"] + 0.25).item(), rel=1e-6)
 
 
-def test_trainer_end_to_end(consistency_run_config):
-    trainer = Trainer(config_from_dict(consistency_run_config({"name": "fixmatch"}, "fixmatch")), quiet=True)
+def test_trainer_end_to_end(semi_run_config):
+    trainer = Trainer(config_from_dict(semi_run_config({"name": "fixmatch"}, "fixmatch")), quiet=True)
     result = trainer.fit()
     assert trainer.iteration == 4 and 0.0 <= result.miou <= 100.0

@@ -3,9 +3,7 @@
 import pytest
 import torch
 
-from sparseg.config import ModelConfig, config_from_dict
-from sparseg.data import create_dataset_spec, make_synthetic_dataset, write_splits
-from sparseg.engine.trainer import Trainer
+from sparseg.config import ModelConfig
 from sparseg.labels import IGNORE
 from sparseg.methods import create_method, method_class
 from sparseg.methods.base import MethodContext, Step
@@ -223,58 +221,9 @@ def test_resize_nearest_keeps_ids_and_ignore():
 # ---------------------------------------------------------------- trainer end to end, exact resume
 
 
-class Crash(Exception):
-    pass
-
-
-class CrashAfterCheckpoint(Trainer):
-    def _evaluate_and_checkpoint(self):
-        result = super()._evaluate_and_checkpoint()
-        if self.iteration == 2:
-            raise Crash
-        return result
-
-
-def tiny_run_config(tmp_path, method: dict, out: str, proj_dim: int = 0) -> dict:
-    root = make_synthetic_dataset(tmp_path / "data", n_train=16, n_val=4, size=32)
-    if not (root / "splits" / "labeled.txt").exists():
-        spec = create_dataset_spec(config_from_dict({"data": {"dataset": "synthetic", "root": str(root)}}).data)
-        write_splits(root / "train.txt", root, spec, "1/2", 0, root / "splits")
-    return {
-        "seed": 0,
-        "out": str(tmp_path / out),
-        "data": {
-            "dataset": "synthetic", "root": str(root), "labeled_list": "splits/labeled.txt",
-            "unlabeled_list": "splits/unlabeled.txt", "val_list": "val.txt", "crop_size": 32,
-            "batch_size": 4, "workers": 0,
-        },
-        "model": {"encoder": "resnet18", "stem": "plain", "width": 8, "decoder_channels": 16, "proj_dim": proj_dim},
-        "optim": {"base_lr": 0.01, "head_lr_mult": 1.0},
-        "train": {"iters": 4, "eval_every": 2, "log_every": 1, "device": "cpu"},
-        "method": method,
-    }
-
-
-def assert_resume_is_exact(tmp_path, method: dict, proj_dim: int = 0) -> Trainer:
-    """Train 4 iterations straight, and 2 + crash + resume 2: identical method state."""
-    straight = Trainer(config_from_dict(tiny_run_config(tmp_path, method, "straight", proj_dim)), quiet=True)
-    straight.fit()
-    cfg = config_from_dict(tiny_run_config(tmp_path, method, "resumed", proj_dim))
-    with pytest.raises(Crash):
-        CrashAfterCheckpoint(cfg, quiet=True).fit()
-    resumed = Trainer(cfg, resume=True, quiet=True)
-    assert resumed.iteration == 2
-    resumed.fit()
-    a, b = straight.method.state_dict(), resumed.method.state_dict()
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-    return straight
-
-
-def test_trainer_end_to_end_and_exact_resume(tmp_path):
+def test_trainer_end_to_end_and_exact_resume(assert_resume_is_exact):
     method = {"name": "selftrain", "warmup_epochs": 1, "teacher_sync_epochs": 0, "filter_group_size": 2}
-    trainer = assert_resume_is_exact(tmp_path, method)
+    trainer = assert_resume_is_exact(method)
     assert trainer.iters_per_epoch == 2  # 8 unlabeled images, batch 4
     assert list(trainer.method.eval_models()) == ["teacher", "student"]
     assert trainer.method.extra_logs()["ema_decay"] == pytest.approx(0.5)  # i = 3, L e0 = 2

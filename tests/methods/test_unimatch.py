@@ -60,7 +60,7 @@ def test_plugin_views_carry_quarter_weights_and_own_boxes(make_consistency, cons
     assert recording_plugin.instances[-1].term.grad.item() == pytest.approx(0.5)
 
 
-def test_trainer_end_to_end(consistency_run_config):
-    trainer = Trainer(config_from_dict(consistency_run_config({"name": "unimatch"}, "unimatch")), quiet=True)
+def test_trainer_end_to_end(semi_run_config):
+    trainer = Trainer(config_from_dict(semi_run_config({"name": "unimatch"}, "unimatch")), quiet=True)
     trainer.fit()
     assert trainer.iteration == 4 and set(trainer.method.extra_logs()) == {"mask_ratio"}

@@ -81,36 +81,13 @@ def test_plugin_sees_half_weights_and_the_undropped_feature(make_consistency, co
     assert recording_plugin.instances[-1].term.grad.item() == pytest.approx(0.5)
 
 
-class Crash(Exception):
-    pass
-
-
-class CrashAfterCheckpoint(Trainer):
-    def _evaluate_and_checkpoint(self):
-        result = super()._evaluate_and_checkpoint()
-        if self.iteration == 2:
-            raise Crash
-        return result
-
-
-def test_resume_is_exact(consistency_run_config):
+def test_resume_is_exact(assert_resume_is_exact):
     """4 iterations straight == 2, crash, resume, 2 (student, EMA teacher, optimizer-driven state)."""
-    method = {"name": "unimatch_v2", "cutmix_prob": 1.0}
-    straight = Trainer(config_from_dict(consistency_run_config(method, "straight")), quiet=True)
-    straight.fit()
-    cfg = config_from_dict(consistency_run_config(method, "resumed"))
-    with pytest.raises(Crash):
-        CrashAfterCheckpoint(cfg, quiet=True).fit()
-    resumed = Trainer(cfg, resume=True, quiet=True)
-    assert resumed.iteration == 2
-    resumed.fit()
-    a, b = straight.method.state_dict(), resumed.method.state_dict()
-    assert a.keys() == b.keys() and any(key.startswith("teacher.") for key in a)
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    trainer = assert_resume_is_exact({"name": "unimatch_v2", "cutmix_prob": 1.0})
+    assert any(key.startswith("teacher.") for key in trainer.method.state_dict())
 
 
-def test_trainer_end_to_end_with_tiny_dpt(consistency_run_config, tmp_path):
+def test_trainer_end_to_end_with_tiny_dpt(semi_run_config, tmp_path):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.Dinov2Config(
@@ -119,7 +96,7 @@ def test_trainer_end_to_end_with_tiny_dpt(consistency_run_config, tmp_path):
     transformers.Dinov2Model(config).save_pretrained(tmp_path / "dinov2_tiny")
     model = {"name": "dpt", "encoder": "dinov2_small", "pretrained": str(tmp_path / "dinov2_tiny"),
              "dpt_layers": [0, 1, 2, 3]}
-    raw = consistency_run_config({"name": "unimatch_v2"}, "dpt", model=model)
+    raw = semi_run_config({"name": "unimatch_v2"}, "dpt", model=model)
     raw["optim"] = {"name": "adamw", "base_lr": 1e-4, "head_lr_mult": 10.0, "weight_decay": 0.01}
     trainer = Trainer(config_from_dict(raw), quiet=True)
     result = trainer.fit()
