@@ -7,7 +7,7 @@ set -uo pipefail
 export OMP_NUM_THREADS=1
 mkdir -p runs/camvid
 grep -hv -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$@" | xargs -P 2 -L 1 bash -c '
-  name=$0 config=$1 seed=$2; shift 3
+  name=$0 config=$1 seed=$2; shift 2
   sparseg train "$config" --out "runs/camvid/$name" --overwrite --set seed="$seed" "$@" \
     > "runs/camvid/$name.log" 2>&1
   echo "$name: $(grep "val mIoU" "runs/camvid/$name.log" | tail -n 1)"'
