@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from sparseg.config import ConfigError, load_config
@@ -53,9 +55,13 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(None, ["seed"])
 
 
-@pytest.mark.parametrize("path", ["configs/camvid/supervised.yaml", "configs/voc/supervised.yaml",
-                                  "configs/cityscapes/supervised.yaml"])
-def test_shipped_configs_validate(path):
-    from pathlib import Path
+SHIPPED_CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*/*.yaml"))
 
-    load_config(Path(__file__).parents[1] / path)
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_shipped_configs_validate(path):
+    load_config(path)  # the method section included
+
+
+def test_every_dataset_ships_configs():
+    assert {path.parent.name for path in SHIPPED_CONFIGS} == {"camvid", "voc", "cityscapes"}
