@@ -52,9 +52,7 @@ def main() -> None:
             truth = F.interpolate(truth[None, None].float(), size=size, mode="nearest")[0].long()
             out = model(image)
             probs = F.interpolate(out["pred"], size=size, mode="bilinear", align_corners=False).softmax(1)
-            tags = torch.zeros(1, k)
-            tags[0, labels[labels < k].unique()] = 1
-            gmm = gaussian_maps(out["fts"], labels, k, args.variance, probs=probs, tags=tags)
+            gmm = gaussian_maps(out["fts"], labels, k, args.variance, probs=probs, tags=item["tags"][None])
             valid = truth < k
             present = gmm.present[0][truth.clamp(max=k - 1)] > 0
             pixels = (labels == UNLABELED) & valid & present
