@@ -29,3 +29,39 @@ def test_camvid_queue_passes_config_seed_and_overrides(tmp_path):
                       "data.train_list=x.txt", "method.name=partial_ce"]
     args_b = (tmp_path / "runs" / "camvid" / "run_b.log").read_text().splitlines()[:-1]
     assert args_b == ["train", "cfg/b.yaml", "--out", "runs/camvid/run_b", "--overwrite", "--set", "seed=1"]
+
+
+def _run_queue(tmp_path, fake_sparseg):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if fake_sparseg is not None:
+        fake = bin_dir / "sparseg"
+        fake.write_text(fake_sparseg)
+        fake.chmod(0o755)
+    jobs = tmp_path / "test.jobs"
+    jobs.write_text("run_a cfg/a.yaml 0\n")
+    # PATH holds only the stand-in and the basic tools, so an installed sparseg cannot leak in.
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for tool in ("grep", "xargs", "mkdir", "tail", "bash"):
+        found = subprocess.run(["bash", "-c", f"command -v {tool}"], capture_output=True, text=True, check=True)
+        (tools / tool).symlink_to(found.stdout.strip())
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{tools}"}
+    return subprocess.run([str(tools / "bash"), str(REPO / "benchmarks" / "camvid_queue.sh"), str(jobs)],
+                          check=False, cwd=tmp_path, env=env, capture_output=True, text=True)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="bash script")
+def test_camvid_queue_names_a_failed_job_and_exits_nonzero(tmp_path):
+    done = _run_queue(tmp_path, '#!/usr/bin/env bash\necho "Traceback: boom" >&2\nexit 1\n')
+    assert done.returncode != 0
+    assert done.stdout.strip() == "run_a: FAILED, see runs/camvid/run_a.log"
+    assert "boom" in (tmp_path / "runs" / "camvid" / "run_a.log").read_text()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="bash script")
+def test_camvid_queue_refuses_to_start_without_sparseg(tmp_path):
+    done = _run_queue(tmp_path, None)
+    assert done.returncode == 127
+    assert "no 'sparseg' command" in done.stderr
+    assert not (tmp_path / "runs").exists()

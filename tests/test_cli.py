@@ -60,7 +60,7 @@ def test_train_resume_eval_predict(tmp_path, data_root, capsys):
 
     assert main(["predict", str(run / "last.pt"), str(data_root / "images"), "--out", str(tmp_path / "pred"),
                  "--overlay"]) == 0
-    first = sorted((data_root / "images").iterdir())[0]
+    first = min((data_root / "images").iterdir())
     mask = Image.open(tmp_path / "pred" / f"{first.stem}.png")
     assert mask.mode == "P" and mask.size == Image.open(first).size
     assert np.asarray(mask).max() < 5

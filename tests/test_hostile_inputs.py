@@ -89,7 +89,7 @@ def test_unknown_config_key(setup, capsys):
 
 
 def test_checkpoint_from_another_model_or_class_count(setup, capsys, tmp_path):
-    root, cfg, last, good = setup
+    _root, cfg, last, good = setup
     assert main(["train", str(cfg), "--resume", "--set", "train.iters=4", "model.width=16"]) == 2
     assert "another model or class count" in capsys.readouterr().err
     assert main(["train", str(cfg), "--resume", "--set", "data.dataset=folder", "data.num_classes=3"]) == 2

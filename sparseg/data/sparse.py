@@ -17,9 +17,9 @@ Every converter is a lookup table, lossless on its domain; values outside the do
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image

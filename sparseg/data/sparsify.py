@@ -22,8 +22,9 @@ import inspect
 import json
 import os
 from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -265,7 +266,7 @@ def scribbles(
             continue
         if method == "skeleton":
             path = _skeleton_path(core)
-            drop = int(round(len(path) * (1 - length_frac) / 2))
+            drop = round(len(path) * (1 - length_frac) / 2)
             path = path[drop : len(path) - drop] if len(path) - 2 * drop >= 1 else path
         elif method == "walk":
             path = _walk_path(core, rng, max(1, round(length_frac * 2 * np.sqrt(area))))

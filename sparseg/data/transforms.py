@@ -8,8 +8,9 @@ operations work on torch tensors and draw from an explicit ``torch.Generator``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

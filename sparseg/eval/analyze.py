@@ -9,9 +9,10 @@ plus a 2-D embedding scatter plot (PCA or t-SNE).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch

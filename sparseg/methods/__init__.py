@@ -35,4 +35,4 @@ def create_method(name: str, model, cfg, context):
     return method_class(name)(model, cfg, context)
 
 
-__all__ = ["METHODS", "register_method", "method_class", "list_methods", "create_method"]
+__all__ = ["METHODS", "create_method", "list_methods", "method_class", "register_method"]

@@ -25,9 +25,8 @@ from torch import Tensor
 
 from sparseg.data.transforms import cutmix, random_area_boxes, strong_photometric
 from sparseg.engine.ema import create_teacher, ema_decay, ema_update, ema_update_buffers
-from sparseg.methods.base import Method, MethodConfig, MethodContext, Step
+from sparseg.methods.base import Method, MethodConfig, MethodContext, Step, step_generator
 from sparseg.methods.losses import upsample
-from sparseg.methods.base import step_generator
 from sparseg.methods.supervised import SupervisedConfig, supervised_loss
 from sparseg.plugins.views import StrongView
 

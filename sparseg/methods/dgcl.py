@@ -99,7 +99,7 @@ def top_values(similarity: Tensor, k: int) -> Tensor:
     Every value above the k-th largest block maximum lies in one of the k blocks with the largest
     maxima (ties give equal values), so the final top-k scans k blocks instead of the whole row.
     """
-    rows, n = similarity.shape
+    n = similarity.shape[1]
     block = int(math.sqrt(n / k))
     if block < 4:
         return similarity.topk(k, dim=1).values

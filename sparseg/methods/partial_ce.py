@@ -14,9 +14,8 @@ from torch import Tensor
 from sparseg.data.transforms import strong_photometric
 from sparseg.labels import IGNORE, UNLABELED
 from sparseg.methods import register_method
-from sparseg.methods.base import Method, MethodConfig, Step
+from sparseg.methods.base import Method, MethodConfig, Step, step_generator
 from sparseg.methods.losses import cross_entropy, upsample
-from sparseg.methods.base import step_generator
 
 
 def partial_cross_entropy(logits: Tensor, mask: Tensor) -> Tensor:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
 from sparseg.config import ModelConfig
 from sparseg.models.deeplabv3plus import DeepLabV3Plus, SegmentationModel
-from sparseg.models.dpt import DPT, PRESETS as DINOV2_PRESETS, dinov2_encoder
+from sparseg.models.dpt import DPT, dinov2_encoder
+from sparseg.models.dpt import PRESETS as DINOV2_PRESETS
 from sparseg.models.resnet import ResNet
 from sparseg.models.weights import LoadReport, WeightsError, load_encoder_weights
 from sparseg.registry import Registry
@@ -81,8 +82,8 @@ def create_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
 
 
 __all__ = [
-    "MODELS",
     "DPT",
+    "MODELS",
     "DeepLabV3Plus",
     "LoadReport",
     "ResNet",

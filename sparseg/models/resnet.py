@@ -86,7 +86,7 @@ class Bottleneck(nn.Module):
 
 
 def _make_stage(
-    block: type[BasicBlock] | type[Bottleneck],
+    block: type[BasicBlock | Bottleneck],
     in_ch: int,
     planes: int,
     stride: int,

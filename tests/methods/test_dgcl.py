@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from sparseg.config import ConfigError, ModelConfig, config_from_dict
 from sparseg.labels import IGNORE
 from sparseg.methods import create_method
-from sparseg.methods.base import MethodContext, Step
+from sparseg.methods.base import MethodContext, Step, step_generator
 from sparseg.methods.dgcl import (
     DGCLConfig,
     MemoryBank,
@@ -24,7 +24,6 @@ from sparseg.methods.dgcl import (
     select_per_class,
     top_values,
 )
-from sparseg.methods.base import step_generator
 from sparseg.models import create_model
 
 K = 4

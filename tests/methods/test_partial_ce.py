@@ -10,8 +10,8 @@ from sparseg.cli import main
 from sparseg.config import DataConfig
 from sparseg.data import create_dataset_spec, make_synthetic_dataset, sparsify_list
 from sparseg.labels import IGNORE, UNLABELED
-from sparseg.methods.partial_ce import partial_cross_entropy, reference_photometric
 from sparseg.methods.base import step_generator
+from sparseg.methods.partial_ce import partial_cross_entropy, reference_photometric
 
 
 def test_partial_ce_ignores_unlabeled_and_padding_and_upsamples():

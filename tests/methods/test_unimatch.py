@@ -5,8 +5,7 @@ import torch
 
 from sparseg.config import config_from_dict
 from sparseg.engine.trainer import Trainer
-from sparseg.methods.base import Step
-from sparseg.methods.base import step_generator
+from sparseg.methods.base import Step, step_generator
 from sparseg.methods.unimatch import channel_dropout
 
 STEP = Step(iteration=5, epoch=1, iters_per_epoch=4, total_iters=8)

@@ -213,7 +213,7 @@ def test_nan_features_on_ignored_pixels_change_nothing():
 
 def dense_reference_cddp(feature, depth, probs, labels, valid, grid):
     """§4.2 written out densely: bilinear (align_corners) resizing, truncated ids, 0/255 ignore."""
-    resize = lambda x: F.interpolate(x, grid, mode="bilinear", align_corners=True)  # noqa: E731
+    resize = lambda x: F.interpolate(x, grid, mode="bilinear", align_corners=True)
     d, f = resize(depth[:, None])[:, 0], resize(feature)
     ignore = resize((~valid).float()[:, None] * 255)[:, 0]
     y = resize(labels[:, None].float())[:, 0].long()
