@@ -68,6 +68,9 @@ class RunLogger:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self._writer.add_scalar(f"{split}/{key}", value, iteration)
+                elif isinstance(value, list):  # per-class values: one TensorBoard scalar per index
+                    for index, item in enumerate(value):
+                        self._writer.add_scalar(f"{split}/{key}/{index}", item, iteration)
 
     def progress(self, iteration: int, loss: float, lr: float) -> None:
         if not self.enabled:

@@ -184,12 +184,26 @@ class SelfTrain(Method):
         super().__init__(model, cfg, context)
         self.teacher = create_teacher(model)
         self._logs: dict[str, float] = {}
+        # per-class pixel counts of kept pseudo-labels and of labels since the last log (class collapse monitor)
+        self._class_counts = {"pseudo_label_share": None, "label_share": None}
 
     def eval_models(self):
         return {"teacher": self.teacher, "student": self.model}
 
     def extra_logs(self) -> dict[str, Any]:
-        return dict(self._logs)
+        """The scalars of the last step, and each class's share of the kept pseudo-labels and of the labeled
+        pixels over the semi-supervised steps since the previous call (this process's batches)."""
+        logs: dict[str, Any] = dict(self._logs)
+        for name, counts in self._class_counts.items():
+            if counts is not None:
+                logs[name] = [round(v, 5) for v in (counts / counts.sum().clamp_min(1)).tolist()]
+                self._class_counts[name] = None
+        return logs
+
+    def _count_classes(self, name: str, labels: Tensor) -> None:
+        counts = torch.bincount(labels[labels != IGNORE], minlength=self.num_classes)[: self.num_classes]
+        previous = self._class_counts[name]
+        self._class_counts[name] = counts if previous is None else previous + counts
 
     def loss_weights(self) -> dict[str, float]:
         """Weight of each named term in the total (terms not listed weigh 1)."""
@@ -249,6 +263,8 @@ class SelfTrain(Method):
             teacher_pred[n_labeled:], x_u, unlabeled["valid"], groups, drop_percent, cfg.cutmix_prob,
             self.context.seed, step.iteration,
         )
+        self._count_classes("pseudo_label_share", y_mix)
+        self._count_classes("label_share", labeled["mask"])
         views = [x_l, x_u, x_mix] if cfg.forward_unmixed_u else [x_l, x_mix]
         student = self.model(torch.cat(views))
         pred_mix = student["pred"][-len(x_u):]

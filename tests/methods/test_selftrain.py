@@ -185,6 +185,24 @@ def test_teacher_mode_and_its_bn_statistics(mode):
     assert not torch.equal(bn.running_mean, before)
 
 
+def test_class_shares_of_pseudo_labels_and_labels_are_logged_per_window():
+    method = make_method(warmup_epochs=0, cutmix_prob=0.0, unsup_drop_percent=0.0)
+    batches = [fake_batch(seed=s) for s in (0, 1)]
+    labels, pseudo = torch.zeros(K), torch.zeros(K)
+    for i, batch in enumerate(batches):
+        method(batch, Step(i, 0, 2, 8))
+        labels += torch.bincount(batch["labeled"]["mask"][batch["labeled"]["valid"]], minlength=K)
+        with torch.no_grad():  # nothing dropped, no mixing: the pseudo-labels are the teacher's argmax on x_u
+            method.teacher.train()
+            pred = method.teacher(torch.cat([batch["labeled"]["image"], batch["unlabeled"]["image"]]))["pred"][4:]
+        argmax = torch.nn.functional.interpolate(pred, size=(32, 32), mode="bilinear", align_corners=True).argmax(1)
+        pseudo += torch.bincount(argmax[batch["unlabeled"]["valid"]], minlength=K)
+    logs = method.extra_logs()
+    assert logs["label_share"] == pytest.approx((labels / labels.sum()).tolist(), abs=1e-5)
+    assert logs["pseudo_label_share"] == pytest.approx((pseudo / pseudo.sum()).tolist(), abs=1e-5)
+    assert "label_share" not in method.extra_logs()  # the window restarts after each call
+
+
 # ---------------------------------------------------------------- losses
 
 
