@@ -1,0 +1,48 @@
+"""Per-class IoU and where the confusable classes go, for finished CamVid runs (docs/benchmarks.md).
+
+    OMP_NUM_THREADS=1 python benchmarks/camvid_per_class.py runs/camvid/supervised_1_4_s0 runs/camvid/dgcl_1_4_s0 ...
+
+Scores each run's ``last.pt`` (the teacher where the method has one, as in the tables) on the validation list
+of its config, then prints one row per run: the IoU of every class, the pixel accuracy, and the share of the
+ground-truth tree and pavement pixels predicted as building and road: the two confusions that decide most
+of the mIoU differences between these small from-scratch models.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from sparseg.cli import load_trained
+from sparseg.data import EvalTransform, build_dataset, create_dataset_spec
+from sparseg.eval import evaluate
+
+CONFUSIONS = (("tree", "building"), ("pavement", "road"))
+
+
+def score(run: str):
+    cfg, _, model, _ = load_trained(f"{run}/last.pt", [], None)
+    spec = create_dataset_spec(cfg.data)
+    dataset = build_dataset(cfg.data, "val_list", labeled=True, transform=EvalTransform())
+    result = evaluate(model, dataset, cfg.eval, spec.num_classes, torch.device("cpu"), class_names=spec.class_names)
+    confusion = result.confusion.double().numpy()
+    rows = confusion / confusion.sum(1, keepdims=True).clip(min=1)
+    moved = [100 * rows[result.class_names.index(a), result.class_names.index(b)] for a, b in CONFUSIONS]
+    return result, moved
+
+
+def main(runs: list[str]) -> None:
+    header = None
+    for run in runs:
+        result, moved = score(run)
+        if header is None:
+            header = ["run", *result.class_names, "mIoU", "pixel acc", *(f"{a}→{b}" for a, b in CONFUSIONS)]
+            print("| " + " | ".join(header) + " |")
+            print("|" + "---|" * len(header))
+        cells = [f"{v:.1f}" for v in (*result.iou, result.miou, result.pixel_accuracy, *moved)]
+        print(f"| {run.rstrip('/').split('/')[-1]} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
