@@ -1,5 +1,7 @@
 """The CamVid job runner passes every job's overrides to ``sparseg train`` (checked with a stand-in command)."""
 
+import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -65,3 +67,19 @@ def test_camvid_queue_refuses_to_start_without_sparseg(tmp_path):
     assert done.returncode == 127
     assert "no 'sparseg' command" in done.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_pseudo_label_shares_average_each_window_of_train_records(tmp_path):
+    spec = importlib.util.spec_from_file_location("pseudo_label_shares", REPO / "benchmarks" / "pseudo_label_shares.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    records = [
+        {"split": "train", "iter": 10, "loss": 1.0},  # warm-up: no shares logged
+        {"split": "train", "iter": 20, "pseudo_label_share": [1.0, 0.0], "label_share": [0.5, 0.5]},
+        {"split": "train", "iter": 30, "pseudo_label_share": [0.5, 0.5], "label_share": [0.5, 0.5]},
+        {"split": "val", "iter": 30, "pseudo_label_share": [0.0, 1.0], "label_share": [0.0, 1.0]},
+        {"split": "train", "iter": 40, "pseudo_label_share": [0.0, 1.0], "label_share": [0.25, 0.75]},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    rows = script.shares(tmp_path, [30, 40, 50])
+    assert rows == [("20-30", [0.75, 0.25], [0.5, 0.5]), ("40-40", [0.0, 1.0], [0.25, 0.75])]
