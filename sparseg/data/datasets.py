@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,18 +15,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from sparseg.config import ConfigError, DataConfig
+from sparseg.data.depth import DepthReader
+from sparseg.data.errors import DataError
 from sparseg.data.sparse import LabelFormatError, class_tags, sparse_warning, to_canonical
 from sparseg.data.splits import IMAGE_SUFFIXES, SplitEntry, read_split
 from sparseg.data.synthetic import SYNTHETIC_CLASSES
 from sparseg.labels import IGNORE
 from sparseg.registry import Registry, UnknownNameError
-
-if TYPE_CHECKING:
-    from sparseg.data.depth import DepthReader
-
-
-class DataError(ValueError):
-    """An image or mask cannot be used; the message names the file."""
 
 
 def voc_colormap(n: int = 256) -> list[tuple[int, int, int]]:
@@ -367,8 +362,6 @@ def build_dataset(cfg: DataConfig, list_key: str, labeled: bool, transform) -> S
     sparse = cfg.label_format == "sparse" and labeled and list_key != "val_list"  # val masks stay dense
     depth = None
     if cfg.depth_dir is not None and list_key != "val_list":  # training lists only: evaluation needs no depth
-        from sparseg.data.depth import DepthReader
-
         depth = DepthReader(Path(cfg.root) / cfg.depth_dir, entries, cfg.depth_missing, cfg.depth_norm)
     return SegmentationDataset(entries, spec, transform, labeled=labeled,
                                sparse_encoding=cfg.sparse_encoding if sparse else None, depth=depth)

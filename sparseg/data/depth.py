@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from sparseg.data.datasets import DataError
+from sparseg.data.errors import DataError
 from sparseg.data.splits import SplitEntry
 
 logger = logging.getLogger(__name__)

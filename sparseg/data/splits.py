@@ -13,14 +13,22 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from sparseg.data.datasets import DatasetSpec
-
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")  # in order of preference
+
+
+class PathRules(Protocol):
+    """The list path rules of a dataset (``sparseg.data.datasets.DatasetSpec`` provides them)."""
+
+    name: str
+    strip_prefixes: tuple[str, ...]
+
+    def mask_candidates(self, image: str) -> list[str]: ...
+
+    def id_candidates(self, item_id: str) -> tuple[list[str], list[str]]: ...
 
 
 class SplitError(ValueError):
@@ -44,7 +52,7 @@ class _Line:
     entry: SplitEntry
 
 
-def read_split(list_path: str | Path, root: str | Path, spec: DatasetSpec, labeled: bool) -> list[SplitEntry]:
+def read_split(list_path: str | Path, root: str | Path, spec: PathRules, labeled: bool) -> list[SplitEntry]:
     """Entries of a split list; labeled lists must name existing masks, unlabeled ones may not (mask None)."""
     return [line.entry for line in _read_lines(Path(list_path), Path(root), spec, labeled)]
 
@@ -61,7 +69,7 @@ def check_disjoint(labeled: Sequence[SplitEntry], unlabeled: Sequence[SplitEntry
 
 
 def write_splits(
-    list_path: str | Path, root: str | Path, spec: DatasetSpec, labeled: str, seed: int, out_dir: str | Path
+    list_path: str | Path, root: str | Path, spec: PathRules, labeled: str, seed: int, out_dir: str | Path
 ) -> tuple[int, int]:
     """Partition a labeled list into ``labeled.txt`` / ``unlabeled.txt`` under ``out_dir``.
 
@@ -94,7 +102,7 @@ def _labeled_count(labeled: str, n: int) -> int:
     return count
 
 
-def _read_lines(list_path: Path, root: Path, spec: DatasetSpec, labeled: bool) -> list[_Line]:
+def _read_lines(list_path: Path, root: Path, spec: PathRules, labeled: bool) -> list[_Line]:
     try:
         text = list_path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
@@ -125,7 +133,7 @@ def _read_lines(list_path: Path, root: Path, spec: DatasetSpec, labeled: bool) -
 _KIND_NAMES = {"pair": "'image mask'", "image": "image-path", "id": "bare-id"}
 
 
-def _parse_line(text: str, lineno: int, where: str, root: Path, spec: DatasetSpec, labeled: bool) -> _Line:
+def _parse_line(text: str, lineno: int, where: str, root: Path, spec: PathRules, labeled: bool) -> _Line:
     columns = [c.strip() for c in text.split("\t")] if "\t" in text else text.split()
     if len(columns) == 2:
         kind = "pair"
@@ -158,7 +166,7 @@ def _parse_line(text: str, lineno: int, where: str, root: Path, spec: DatasetSpe
     return _Line(lineno, text, kind, SplitEntry(image=image, mask=mask, id=item_id))
 
 
-def _relative(path: str, root: Path, spec: DatasetSpec) -> str:
+def _relative(path: str, root: Path, spec: PathRules) -> str:
     """A list path relative to the root: spec prefixes (SegNet) and a leading '/' (CPS) removed."""
     for prefix in spec.strip_prefixes:
         if path.startswith(prefix):

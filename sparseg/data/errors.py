@@ -1,0 +1,5 @@
+"""Errors of the data layer, in a module of their own so every data module can raise them."""
+
+
+class DataError(ValueError):
+    """An image or mask cannot be used; the message names the file."""
