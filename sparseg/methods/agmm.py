@@ -33,11 +33,11 @@ EPS = 1e-6  # ε of agmm.md §5, everywhere
 class AGMMWeights(MethodConfig):
     """Weight of each term in the total (agmm.md §5: all 1)."""
 
-    pce: float = 1.0
-    g2p: float = 1.0
-    y2g: float = 1.0
-    proto: float = 1.0
-    absent: float = 1.0
+    pce: float = Field(1.0, ge=0)
+    g2p: float = Field(1.0, ge=0)
+    y2g: float = Field(1.0, ge=0)
+    proto: float = Field(1.0, ge=0)
+    absent: float = Field(1.0, ge=0)
 
 
 class AGMMConfig(PartialCEConfig):
@@ -172,9 +172,10 @@ def gaussian_maps(
 
 def _bandwidth(distance: Tensor, variance: str, var_floor: float, m: Tensor, pixel_weight: Tensor | None,
                probs: Tensor | None, tags: Tensor | None) -> Tensor | float:
-    """s of g = exp(−d²/s): 1 (reference code), or 2(σ² + var_floor) + ε with σ² a detached weighted
-    mean of d² (agmm.md §5 "Paper vs code"): weights P′ = resize(P ⊙ t) · m (``adaptive``) or m
-    (``adaptive_uniform``). ``pixel_weight`` normalises the resize of P′ in masked mode."""
+    """s of g = exp(−d²/s): 1 (reference code), or 2(σ² + var_floor) + ε with σ² detached, as in the
+    reference's two commented-out variants (agmm.md §5 "Paper vs code"):
+    ``adaptive``: σ² = Σ P′d² / (Σ P′ + ε), P′ = resize(P ⊙ t) · m (``pixel_weight`` normalises the
+    resize of P′ in masked mode); ``adaptive_uniform``: σ² = Σ d² / Σ m + ε (d is already masked by m)."""
     if variance == "fixed":
         return 1.0
     with torch.no_grad():
@@ -182,11 +183,12 @@ def _bandwidth(distance: Tensor, variance: str, var_floor: float, m: Tensor, pix
             if probs is None or tags is None:
                 raise ValueError("variance 'adaptive' needs the probabilities and the image tags")
             weight = gmm_resize(probs * tags[:, :, None, None], distance.shape[-2:], pixel_weight) * m
+            sigma2 = (weight * distance.square()).sum((2, 3)) / (weight.sum((2, 3)) + EPS)
         elif variance == "adaptive_uniform":
-            weight = m.expand_as(distance)
+            # Σm is 0 only for an image without any labeled pixel, where every d is 0: keep s finite there
+            sigma2 = distance.square().sum((2, 3)) / m.sum((2, 3)).clamp_min(EPS) + EPS
         else:
             raise ValueError(f"unknown variance '{variance}'")
-        sigma2 = (weight * distance.square()).sum((2, 3)) / (weight.sum((2, 3)) + EPS)
     return 2 * (sigma2 + var_floor)[:, :, None, None] + EPS
 
 

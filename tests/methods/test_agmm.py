@@ -285,6 +285,20 @@ def test_adaptive_variance_is_detached_and_keeps_perfect_maps_one_hot():  # §10
     assert (floor >= 1.0).all()
 
 
+def test_adaptive_uniform_variance_is_the_reference_formula():
+    """s = 2σ² + ε with σ² = Σ_u d² / Σ_u m + 1e-6 per (image, class): the reference's commented-out uniform
+    variant, where d is already masked by the soft valid mask m (not Σ m·d² / (Σ m + ε))."""
+    m = torch.tensor([[[[1.0, 1.0], [0.5, 0.0]]]], dtype=torch.float64)  # a soft mask next to crop padding
+    d = torch.tensor([[[[0.2, 0.4], [0.6, 0.0]], [[0.0, 0.0], [0.0, 0.0]]]], dtype=torch.float64) * m
+    sigma2 = torch.tensor([(0.2**2 + 0.4**2 + 0.3**2) / 2.5 + 1e-6, 1e-6], dtype=torch.float64)
+    scale = _bandwidth(d, "adaptive_uniform", 0.0, m, None, None, None)
+    assert scale.shape == (1, 2, 1, 1)
+    assert torch.allclose(scale.flatten(), 2 * sigma2 + EPS, rtol=0, atol=1e-12)
+    # the m-weighted mean sparseg used before differs next to padding: Σ m d² / (Σ m + ε) = 0.245 / 2.5, not 0.29 / 2.5
+    weighted = (m * d.square())[0, 0].sum() / (m.sum() + EPS)
+    assert abs(float(scale.flatten()[0]) - float(2 * weighted + EPS)) > 1e-2
+
+
 class Probe(torch.nn.Module):
     """A 'model' returning fixed stride-4 logits and features from the image it is given."""
 
