@@ -13,6 +13,7 @@ how many processes share the batch. Randomness comes from generators seeded by
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -38,6 +39,8 @@ class SelfTrainConfig(SupervisedConfig):
     ema_momentum: float = Field(0.999, ge=0, le=1)  # μ
     teacher_sync_epochs: int = Field(1, ge=0)  # epochs from e0 where the teacher is a copy of the student
     teacher_mode: Literal["train", "eval"] = "train"  # BN/dropout mode of the pseudo-labelling teacher
+    # fp32: the teacher forward runs in float32 outside the trainer's autocast (the reference); amp: inside it
+    teacher_precision: Literal["fp32", "amp"] = "fp32"
     unsup_weight: float = Field(0.5, ge=0)  # λ_u
     unsup_drop_percent: float = Field(20.0, ge=0, le=100)  # β0: % of highest-entropy pseudo-labels dropped
     cutmix_prob: float = Field(0.5, ge=0, le=1)  # one draw per filter group and iteration
@@ -205,6 +208,13 @@ class SelfTrain(Method):
         previous = self._class_counts[name]
         self._class_counts[name] = counts if previous is None else previous + counts
 
+    def teacher_forward(self, images: Tensor) -> dict[str, Tensor]:
+        """The teacher on ``images`` without gradient, in float32 outside autocast unless ``teacher_precision: amp``
+        (the DGCL/U2PL reference runs it outside the fp16 autocast, so pseudo-labels and entropies are fp32)."""
+        fp32 = self.cfg.teacher_precision == "fp32"
+        with torch.no_grad(), torch.autocast(images.device.type, enabled=False) if fp32 else nullcontext():
+            return self.teacher(images.float() if fp32 else images)
+
     def loss_weights(self) -> dict[str, float]:
         """Weight of each named term in the total (terms not listed weigh 1)."""
         return {"unsup": self.cfg.unsup_weight}
@@ -239,8 +249,7 @@ class SelfTrain(Method):
         out = self.model(labeled["image"])
         if self.cfg.warmup_teacher_bn:
             self.teacher.train()
-            with torch.no_grad():
-                self.teacher(labeled["image"])
+            self.teacher_forward(labeled["image"])
         return StepOutputs(step, labeled, unlabeled, out, None, groups)
 
     def _semi_step(self, labeled, unlabeled, groups, step) -> tuple[StepOutputs, Tensor]:
@@ -250,12 +259,11 @@ class SelfTrain(Method):
         if step.iteration == step.iters_per_epoch * cfg.warmup_epochs:
             copy_parameters(self.teacher, self.model)  # the teacher starts semi training as the student
         x_teacher = torch.cat([x_l, x_u])
-        with torch.no_grad():
-            self.teacher.train(cfg.teacher_mode == "train")
-            teacher_pred = self.teacher(x_teacher)["pred"].float()
-            if cfg.teacher_mode == "eval":  # U2PL: a train-mode pass keeps the teacher's BN statistics current
-                self.teacher.train()
-                self.teacher(x_teacher)
+        self.teacher.train(cfg.teacher_mode == "train")
+        teacher_pred = self.teacher_forward(x_teacher)["pred"].float()
+        if cfg.teacher_mode == "eval":  # U2PL: a train-mode pass keeps the teacher's BN statistics current
+            self.teacher.train()
+            self.teacher_forward(x_teacher)
 
         drop_percent = cfg.unsup_drop_percent * (1.0 - semi_progress(step, cfg.warmup_epochs))
         self._logs["unsup_drop_percent"] = drop_percent

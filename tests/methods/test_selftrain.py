@@ -203,6 +203,33 @@ def test_class_shares_of_pseudo_labels_and_labels_are_logged_per_window():
     assert "label_share" not in method.extra_logs()  # the window restarts after each call
 
 
+@pytest.mark.parametrize("name", ["selftrain", "dgcl"])
+def test_teacher_runs_in_fp32_outside_the_trainers_autocast(name):
+    """Reference: the teacher forward is outside autocast, so under bf16/fp16 training its logits (and the
+    pseudo-labels, entropies and filters built on them) equal a plain fp32 forward; ``amp`` keeps them inside."""
+    batch = fake_batch()
+    x_teacher = torch.cat([batch["labeled"]["image"], batch["unlabeled"]["image"]])
+    step = Step(iteration=5, epoch=1, iters_per_epoch=4, total_iters=16)  # after the one warm-up epoch
+    for precision in ("fp32", "amp"):
+        method = make_method(name, proj_dim=8 if name == "dgcl" else 0, teacher_precision=precision)
+        seen = []
+        method.extra_terms = lambda outputs: seen.append(outputs.teacher_pred) or {}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses = method(batch, step)
+            assert method.model(x_teacher[:2])["pred"].dtype == torch.bfloat16  # autocast is on for the student
+            inside = method.teacher_forward(x_teacher)["pred"]
+        assert torch.isfinite(losses["loss"])
+        with torch.no_grad():
+            reference = method.teacher(x_teacher)["pred"]  # train mode: the same batch statistics
+        assert reference.dtype == torch.float32
+        if precision == "fp32":
+            assert inside.dtype == torch.float32
+            assert torch.equal(seen[0], reference)
+        else:
+            assert inside.dtype == torch.bfloat16
+            assert not torch.allclose(seen[0], reference, rtol=0, atol=1e-6)
+
+
 # ---------------------------------------------------------------- losses
 
 
