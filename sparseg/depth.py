@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sparseg.config import ConfigError, DataConfig
-from sparseg.data.datasets import DataError, create_dataset_spec
+from sparseg.data.datasets import create_dataset_spec
 from sparseg.data.depth import (
     DEPTH_SUFFIXES,
     FORMAT_VERSION,
@@ -35,6 +35,7 @@ from sparseg.data.depth import (
     save_depth,
     to_disparity,
 )
+from sparseg.data.errors import DataError
 from sparseg.data.splits import read_split
 
 DEFAULT_ESTIMATOR = "depth-anything/Depth-Anything-V2-Small-hf"  # Apache-2.0 (Base/Large/Giant: CC-BY-NC-4.0)
@@ -64,6 +65,47 @@ def predict_disparity(processor, estimator, image: Image.Image, input_size: int,
     predicted = estimator(pixel_values=inputs["pixel_values"].to(device)).predicted_depth
     raw = F.interpolate(predicted[:, None].float(), (image.height, image.width), mode="bilinear", align_corners=False)
     return to_disparity(raw[0, 0].cpu().numpy(), kind)
+
+
+class OnlineDepth:
+    """A frozen estimator in the training loop (``method.depmatch.depth_source: online``, depmatch.md §3).
+
+    Called on a batch of crops [N,3,H,W] in [0, 1], it returns the estimator's raw output as disparity
+    [N,H,W] float32, as the release uses it: the crops are resized bilinearly to the nearest multiple of the
+    estimator's patch size (no change at the released 518 and 798 crops), normalised with the image
+    processor's mean and std, run in fp16 on CUDA (fp32 elsewhere) without gradient, and the output is
+    resized back to the crop. The model is loaded on first use, on the device of the first batch; it is a
+    plain attribute of no module, so no optimiser, EMA, DDP wrapper or checkpoint ever sees it.
+    """
+
+    def __init__(self, model: str, kind: Literal["disparity", "depth"] = "disparity") -> None:
+        self.model = model
+        self.kind = kind
+        self._loaded: tuple[torch.nn.Module, torch.Tensor, torch.Tensor, int] | None = None
+
+    def _load(self, device: torch.device) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, int]:
+        if self._loaded is None:
+            processor, estimator = load_estimator(self.model, device)
+            estimator.requires_grad_(False)
+            if device.type == "cuda":
+                estimator.half()
+            mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (processor.image_mean, processor.image_std))
+            self._loaded = estimator, mean, std, int(getattr(estimator.config, "patch_size", 14))
+        return self._loaded
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        estimator, mean, std, patch = self._load(images.device)
+        height, width = images.shape[-2:]
+        size = (max(round(height / patch), 1) * patch, max(round(width / patch), 1) * patch)
+        x = images.float()
+        if size != (height, width):
+            x = F.interpolate(x, size, mode="bilinear", align_corners=False)
+        dtype = next(estimator.parameters()).dtype
+        with torch.autocast(images.device.type, enabled=False):
+            raw = estimator(pixel_values=((x - mean) / std).to(dtype)).predicted_depth
+        raw = F.interpolate(raw[:, None].float(), (height, width), mode="bilinear", align_corners=False)[:, 0]
+        return to_disparity(raw, self.kind)
 
 
 def _write_json(path: Path, content: dict[str, Any]) -> None:

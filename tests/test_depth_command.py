@@ -12,25 +12,6 @@ from sparseg.data import EvalTransform, build_dataset, make_synthetic_dataset
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(scope="module")
-def tiny_estimator(tmp_path_factory):
-    """A 2-layer DINOv2 + DPT head with 16 channels, and a DPT image processor, in a local folder."""
-    backbone = transformers.Dinov2Config(
-        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, image_size=28,
-        patch_size=14, out_features=["stage1", "stage2"], reshape_hidden_states=False,
-    )
-    config = transformers.DepthAnythingConfig(
-        backbone_config=backbone, reassemble_hidden_size=16, neck_hidden_sizes=[8, 16], fusion_hidden_size=16,
-        head_hidden_size=8, reassemble_factors=[2, 1], patch_size=14, depth_estimation_type="relative",
-    )
-    folder = tmp_path_factory.mktemp("tiny_depth_anything")
-    transformers.DepthAnythingForDepthEstimation(config).save_pretrained(folder)
-    transformers.DPTImageProcessor(
-        size={"height": 28, "width": 28}, keep_aspect_ratio=True, ensure_multiple_of=14
-    ).save_pretrained(folder)
-    return folder
-
-
 def test_depth_command_writes_maps_manifest_and_calibration(tmp_path, tiny_estimator, capsys):
     root = make_synthetic_dataset(tmp_path / "data", n_train=3, n_val=1, size=32)
     out = root / "estimated"

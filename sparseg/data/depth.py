@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from PIL import Image
 
 from sparseg.data.errors import DataError
@@ -39,10 +40,10 @@ _MIN_SPAN = 1e-12
 _DEPTH_EPS = 1e-6
 
 
-def to_disparity(raw: np.ndarray, kind: Literal["disparity", "depth"]) -> np.ndarray:
-    """Estimator output as disparity (larger = nearer): ``depth`` outputs become 1/(d + ε) (§3)."""
-    raw = np.asarray(raw, dtype=np.float32)
-    return raw if kind == "disparity" else 1.0 / (np.maximum(raw, 0.0) + _DEPTH_EPS)
+def to_disparity(raw: np.ndarray | torch.Tensor, kind: Literal["disparity", "depth"]) -> np.ndarray | torch.Tensor:
+    """Estimator output (array or tensor) as float32 disparity (larger = nearer): ``depth`` outputs become 1/(d + ε) (§3)."""
+    raw = raw.float() if isinstance(raw, torch.Tensor) else np.asarray(raw, dtype=np.float32)
+    return raw if kind == "disparity" else 1.0 / (raw.clip(0.0) + _DEPTH_EPS)
 
 
 def robust_normalise(disparity: np.ndarray) -> tuple[np.ndarray, float, float]:

@@ -190,6 +190,7 @@ class ConsistencyMethod(Method):
                 plugin_views.append(StrongView(
                     logits=student["pred"], feature=student["fts"], teacher_probs=target.probs,
                     pseudo_label=target.label, valid=target.valid, source=boxes, weight=self.view_weight, **depth,
+                    weak_image=cutmix(x_u, boxes, partner),
                 ))
         if out.fp is not None:
             terms["fp"] = unsup_cross_entropy(out.fp, weak, self.cfg.threshold)

@@ -15,6 +15,8 @@ O(P²) per term whatever the crop size (§7.5). Draws come from generators seede
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -24,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from torch import Tensor, nn
 
 from sparseg.config import ConfigError, _format_errors
+from sparseg.data.depth import PERCENTILES
 from sparseg.plugins.views import StrongView
 
 if TYPE_CHECKING:
@@ -59,6 +62,8 @@ class ULDRConfig(_Section):
 
     grid_stride: int = Field(10, ge=1)
     label_resize: Literal["nearest", "bilinear"] = "nearest"  # bilinear: the release's (half-pixel-off) resizing
+    # crop: logits first upsampled to the crop (bilinear, align_corners), as the release's model returns them
+    logit_size: Literal["model", "crop"] = "model"
     uncertainty_from: Literal["student", "teacher"] = "student"
     tau: float = Field(0.95, ge=0, le=1)  # a pixel is uncertain when its class probability is < tau
     near: float = Field(0.2, ge=0)  # intra pairs: |Δd′| < near
@@ -82,7 +87,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "norm": "raw",
         "cross_source_pairs": True,
         "cddp": {"label_resize": "bilinear", "max_pixels": None},
-        "uldr": {"label_resize": "bilinear", "floor": True, "inter": "released", "max_pixels": None},
+        "uldr": {"label_resize": "bilinear", "logit_size": "crop", "floor": True, "inter": "released",
+                 "max_pixels": None},
     },
 }
 
@@ -97,6 +103,10 @@ class DepMatchConfig(_Section):
     norm: Literal["robust", "raw"] = "robust"  # robust: d′ = unit · d̃; raw: d′ = the depth as given
     unit: float | None = Field(None, gt=0)  # U; None: the provisional 7.0, with a warning
     cross_source_pairs: bool = False  # pairs straddling a CutMix seam (§3)
+    # precomputed: data.depth_dir maps; online: the estimator on each view's composited weak crop (the release)
+    depth_source: Literal["precomputed", "online"] = "precomputed"
+    estimator: str | None = None  # online: a transformers depth model, local folder or hub id
+    estimator_kind: Literal["disparity", "depth"] = "disparity"  # what the estimator outputs
     cddp: CDDPConfig = Field(default_factory=CDDPConfig)
     uldr: ULDRConfig = Field(default_factory=ULDRConfig)
 
@@ -207,6 +217,14 @@ def _pair_sum(pairs: Tensor, n_all: int) -> Tensor:
     return off * scale + diagonal * (n_all / n)
 
 
+def _robust_normalise(depth: Tensor, valid: Tensor) -> Tensor:
+    """d̃ = clip((d − q_lo)/(q_hi − q_lo), 0, 1) with the 1st/99th percentiles of the valid pixels (all if none),
+    as ``sparseg.data.depth.robust_normalise`` does for a whole image."""
+    values = depth[valid] if bool(valid.any()) else depth.flatten()
+    low, high = torch.quantile(values, torch.tensor(PERCENTILES, device=values.device) / 100)
+    return ((depth - low) / (high - low).clamp_min(1e-12)).clamp(0, 1)
+
+
 def _attached_zero(views: list[StrongView]) -> Tensor:
     """0 · (sum of the student outputs): a 0-dim zero in the graph, finite even if an input is not (§7.8)."""
     total = sum(torch.nan_to_num(t.float().sum()) for v in views for t in (v.logits, v.feature))
@@ -241,7 +259,10 @@ class _GridView:
 class DepMatch(nn.Module):
     """CDDP + ULDR on a list of strong views (depmatch.md §4-§6). No learnable parameters."""
 
-    def __init__(self, cfg: DepMatchConfig | dict[str, Any], num_classes: int, seed: int = 0) -> None:
+    def __init__(self, cfg: DepMatchConfig | dict[str, Any], num_classes: int, seed: int = 0,
+                 estimator: Callable[[Tensor], Tensor] | None = None) -> None:
+        """``estimator`` (online only): crops [N,3,H,W] in [0, 1] → disparity [N,H,W]; default: ``cfg.estimator``
+        loaded by ``sparseg.depth.OnlineDepth``."""
         super().__init__()
         if not isinstance(cfg, DepMatchConfig):
             try:
@@ -252,6 +273,15 @@ class DepMatch(nn.Module):
         self.num_classes = num_classes
         self.seed = seed
         self.unit = cfg.unit if cfg.unit is not None else PROVISIONAL_UNIT
+        if cfg.depth_source == "online" and estimator is None:
+            if cfg.estimator is None:
+                raise ConfigError("method.depmatch.estimator: depth_source online needs a transformers depth model "
+                                  "(a local folder or hub id)")
+            from sparseg.depth import OnlineDepth  # transformers is needed only on this path
+
+            estimator = OnlineDepth(cfg.estimator, cfg.estimator_kind)
+        # a plain attribute, never a submodule: no optimiser, EMA, DDP, SyncBN or checkpoint sees the estimator
+        object.__setattr__(self, "estimator", estimator)
         if cfg.norm == "robust" and cfg.unit is None:
             warnings.warn(
                 f"depmatch.unit is not set: using the provisional U = {PROVISIONAL_UNIT} (depmatch.md §3); calibrate "
@@ -268,6 +298,31 @@ class DepMatch(nn.Module):
         entropy = [self.seed % 2**63, step.iteration, view, _TERMS[term]]
         seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]) % 2**63
         return torch.Generator().manual_seed(seed)
+
+    def online_depth(self, views: list[StrongView]) -> list[Tensor]:
+        """Each view's depth from the estimator on its composited weak crop, in one batched call (§3).
+
+        A crop is estimated once per step: an image without a CutMix box in a view is the plain weak crop, shared
+        by every such view. ``raw``: the estimator's disparity; ``robust``: d̃ over the crop's valid pixels.
+        """
+        crops, masks, slots = [], [], {}
+        positions = []
+        for v, view in enumerate(views):
+            if view.weak_image is None:
+                raise ValueError("depth_source online needs each StrongView's weak_image (the composited weak crop)")
+            pasted = view.source.flatten(1).any(1).tolist()
+            for i, has_box in enumerate(pasted):
+                key = (v, i) if has_box else (-1, i)
+                if key not in slots:
+                    slots[key] = len(crops)
+                    crops.append(view.weak_image[i])
+                    masks.append(view.valid[i])
+                positions.append(slots[key])
+        depth = self.estimator(torch.stack(crops).detach()).float()
+        if self.cfg.norm == "robust":
+            depth = torch.stack([_robust_normalise(d, m) for d, m in zip(depth, masks)])
+        per_view = torch.as_tensor(positions, device=depth.device).view(len(views), -1)
+        return [depth[index] for index in per_view]
 
     def working_depth(self, view: StrongView) -> Tensor:
         """d′ [B,H,W]: U · d̃ (``robust``) or the depth as given (``raw``) (§3); never differentiated."""
@@ -292,6 +347,8 @@ class DepMatch(nn.Module):
             return {"cddp": torch.zeros(()), "uldr": torch.zeros(())}
         zero = _attached_zero(views)
         cddp, uldr = zero, zero
+        if self.cfg.depth_source == "online":
+            views = [replace(v, depth=d, depth_valid=None) for v, d in zip(views, self.online_depth(views))]
         # float32 throughout: the distance expansion and the sigmoid products are unsafe in fp16/bf16
         with torch.autocast(views[0].logits.device.type, enabled=False):
             for index, view in enumerate(views):
@@ -386,7 +443,10 @@ class DepMatch(nn.Module):
         u = self.cfg.uldr
         release = u.label_resize == "bilinear"
         grid = _GridView(view, u.grid_stride, release, label_align=False)
-        logits = to_grid(view.logits, u.grid_stride, "continuous", grid.size, release).flatten(2)
+        logits = view.logits
+        if u.logit_size == "crop":  # the release resizes logits its model already upsampled to the crop
+            logits = F.interpolate(logits.float(), grid.size, mode="bilinear", align_corners=True)
+        logits = to_grid(logits, u.grid_stride, "continuous", grid.size, release).flatten(2)
         depth = to_grid(depth[:, None], u.grid_stride, "continuous", grid.size, release).flatten(1)
         if u.uncertainty_from == "student":
             probs = logits.detach().softmax(1)

@@ -25,3 +25,6 @@ class StrongView:
     # CutMixed with the view's box [B,H,W]; DepMatch turns it into working depth d' (depmatch.md §3)
     depth: torch.Tensor | None = None
     depth_valid: torch.Tensor | None = None  # bool [B,H,W], CutMixed like depth: False where no depth (None: all)
+    # the CutMix-composited weak crop [B,3,H,W] in [0, 1] (the teacher's input with the box pasted): what an
+    # online depth estimator sees (depth_source: online, depmatch.md §3)
+    weak_image: torch.Tensor | None = None

@@ -9,6 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from sparseg.config import ConfigError
 from sparseg.data.depth import robust_normalise
+from sparseg.data.transforms import cutmix
 from sparseg.methods.base import Step
 from sparseg.plugins.depmatch import DepMatch, DepMatchConfig, to_grid
 from sparseg.plugins.views import StrongView
@@ -279,6 +280,26 @@ def test_reference_preset_equals_dense_release_formulas():
     assert out["uldr"].item() == pytest.approx(float(uldr), rel=1e-6)
 
 
+def test_reference_uldr_resizes_crop_size_logits():
+    """The release's model returns logits upsampled to the crop (bilinear, align_corners=True) and ULDR resizes
+    those: under ``reference`` model-resolution logits give the dense §5.2 value of the crop-size logits."""
+    g = torch.Generator().manual_seed(5)
+    labels = torch.tensor([0, 2])[torch.randint(0, 2, (2, 63, 63), generator=g)]
+    valid = torch.ones(2, 63, 63, dtype=torch.bool)
+    valid[:, :, 55:] = False
+    depth = 3 * torch.rand(2, 63, 63, generator=g)
+    logits = 2 * torch.randn(2, 3, 16, 16, generator=g)  # stride 4 (ceil), as DeepLabV3+ returns them
+    view = make_view(labels, depth, logits=logits, valid=valid, seed=3)
+    dm = DepMatch({"preset": "reference", "lambda_cdp": 0.0, "lambda_ur": 1.0}, 3, seed=0)
+    crop_logits = F.interpolate(logits, (63, 63), mode="bilinear", align_corners=True)
+    order = torch.randperm(len(to_grid(labels, 10, "label_bilinear").unique()), generator=dm.generator(STEP, 0, "uldr"))
+    expected = dense_reference_uldr(crop_logits, depth, labels, valid, order)
+    assert dm([view], STEP)["uldr"].item() == pytest.approx(float(expected), rel=1e-6)
+    model_size = DepMatch({"preset": "reference", "lambda_cdp": 0.0, "lambda_ur": 1.0, "uldr": {"logit_size": "model"}},
+                          3, seed=0)([view], STEP)["uldr"].item()
+    assert model_size != pytest.approx(float(expected), rel=1e-4)  # the switch is live
+
+
 # ------------------------------------------------------------------------------------ §9.8-§9.11
 
 
@@ -327,6 +348,88 @@ def test_terms_are_weighted_by_lambda_and_view_weight():
     weighted = plugin(lambda_cdp=0.03, lambda_ur=0.005)(views, STEP)
     for key, lam in (("cddp", 0.03), ("uldr", 0.005)):
         assert weighted[key].item() == pytest.approx(lam * (0.5 * raw[0][key].item() + 0.25 * raw[1][key].item()))
+
+
+# ------------------------------------------------------------------------------------ online depth (§3)
+
+
+class RecordingEstimator:
+    """Stands in for a depth model: disparity = 3 × the crop's mean colour; records every batch it is given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, crops):
+        self.calls.append(crops.clone())
+        return 3 * crops.mean(1)
+
+
+def online_views():
+    """Two views of 3 weak crops: view 0 pastes a box into image 0, view 1 into images 0 and 1; image 2 has none."""
+    g = torch.Generator().manual_seed(9)
+    weak = torch.rand(3, 3, 12, 12, generator=g)
+    partner = torch.tensor([1, 2, 0])
+    views = []
+    for pasted in ([0], [0, 1]):
+        boxes = torch.zeros(3, 12, 12, dtype=torch.bool)
+        for i in pasted:
+            boxes[i, 2:7, 3:9] = True
+        view = make_view(stripes(3, 12, 12, classes=(0, 1, 2)), None, source=boxes, seed=len(pasted))
+        view.weak_image = cutmix(weak, boxes, partner)
+        views.append(view)
+    return views
+
+
+@pytest.mark.parametrize("norm", ["raw", "robust"])
+def test_online_depth_is_the_estimate_of_each_composited_weak_crop(norm):
+    """Reference: the estimator runs on each view's CutMix composite of the weak crop and its output is the
+    depth (raw, or robust-normalised over the crop); one batched call per step, each distinct crop once."""
+    views = online_views()
+    options = {"lambda_cdp": 1.0, "lambda_ur": 1.0, "norm": norm, **({"unit": 1.0} if norm == "robust" else {}),
+               "cddp": {"grid_stride": 2}, "uldr": {"grid_stride": 2}}
+    estimator = RecordingEstimator()
+    online = DepMatch({**options, "depth_source": "online"}, 3, seed=0, estimator=estimator)([*views], STEP)
+    assert len(estimator.calls) == 1
+    seen = estimator.calls[0]
+    # 3 composites with a box + the plain crops of image 1 (no box in view 0) and image 2 (none in either view)
+    expected = [views[0].weak_image[0], views[1].weak_image[0], views[1].weak_image[1],
+                views[0].weak_image[1], views[0].weak_image[2]]
+    assert len(seen) == 5 and all(any(torch.equal(crop, e) for crop in seen) for e in expected)
+    for view in views:
+        disparity = 3 * view.weak_image.mean(1)
+        if norm == "robust":
+            disparity = torch.stack([torch.from_numpy(robust_normalise(d.numpy())[0]) for d in disparity])
+        view.depth = disparity
+    precomputed = DepMatch(options, 3, seed=0)(views, STEP)
+    for term in ("cddp", "uldr"):
+        assert online[term].item() == pytest.approx(precomputed[term].item(), rel=1e-5)
+        assert online[term].item() > 0
+
+
+def test_online_depth_needs_an_estimator_and_keeps_it_out_of_the_module():
+    with pytest.raises(ConfigError, match="method.depmatch.estimator"):
+        DepMatch({"depth_source": "online", "unit": 1.0}, 3)
+    plugin_module = DepMatch({"depth_source": "online", "unit": 1.0}, 3, estimator=torch.nn.Conv2d(3, 1, 1))
+    assert not list(plugin_module.children()) and not plugin_module.state_dict()
+
+
+def test_online_estimator_runs_a_transformers_depth_model(tiny_estimator):
+    """OnlineDepth: crop → nearest multiple of the patch (30 → 28), processor mean/std, model, back to the crop."""
+    import transformers
+
+    from sparseg.depth import OnlineDepth
+
+    crops = torch.rand(2, 3, 30, 30, generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the trainer's autocast does not reach the estimator
+        depth = OnlineDepth(str(tiny_estimator))(crops)
+    model = transformers.AutoModelForDepthEstimation.from_pretrained(tiny_estimator).eval()
+    processor = transformers.AutoImageProcessor.from_pretrained(tiny_estimator)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (processor.image_mean, processor.image_std))
+    x = (F.interpolate(crops, (28, 28), mode="bilinear", align_corners=False) - mean) / std
+    with torch.no_grad():
+        expected = F.interpolate(model(pixel_values=x).predicted_depth[:, None], (30, 30), mode="bilinear")[:, 0]
+    assert depth.shape == (2, 30, 30) and depth.dtype == torch.float32 and not depth.requires_grad and depth.std() > 0
+    assert torch.allclose(depth, expected, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------ config
