@@ -9,82 +9,123 @@ import sys
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+SPLIT_LAYOUTS = ("camvid", "cityscapes", "voc", "folder", "synthetic")  # `sparseg splits` tries them in this order
+
+
+def _key_value(text: str) -> str:
+    """An argparse type: one ``--set`` item, which must be KEY=VALUE (so a config path is not swallowed)."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not KEY=VALUE; give the positional arguments before --set (or end --set with --)"
+        )
+    return text
 
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
-        help="override config keys, e.g. --set data.root=/data/voc train.iters=100",
+        "--set", nargs="+", action="extend", type=_key_value, default=[], metavar="KEY=VALUE", dest="overrides",
+        help="override config keys (repeatable), e.g. --set data.root=/data/voc train.iters=100; "
+             "text keys take the value verbatim, others parse it as YAML",
     )
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: ...)" for options that have a meaningful default (not None, False or [])."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(**kwargs)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sparseg")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sparseg", description="Label-efficient semantic segmentation.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="sparseg", description="Label-efficient semantic segmentation.")
+    parser.add_argument("--version", action="version", version=f"sparseg {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train a model from a YAML config")
-    p.add_argument("config")
+    p.add_argument("config", help="YAML config, e.g. configs/camvid/supervised.yaml")
     _add_set(p)
     p.add_argument("--out", help="run directory (default: the config's `out`)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--overwrite", action="store_true", help="start over even if OUT/last.pt exists")
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on a validation list")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a last.pt or best.pt written by sparseg train")
     _add_set(p)
     p.add_argument("--json", help="also write the result as JSON to this file")
-    p.add_argument("--model", help="which of the method's models to score (e.g. teacher, student)")
+    p.add_argument("--model", help="which of the method's models to score, e.g. teacher, student "
+                                   "(default: the method's first)")
 
     p = sub.add_parser("predict", help="write palette PNG masks (and overlays) for images")
-    p.add_argument("checkpoint")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    p.add_argument("--out", required=True)
+    p.add_argument("checkpoint", help="a last.pt or best.pt written by sparseg train")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders (searched recursively)")
+    p.add_argument("--out", required=True, help="output folder for the masks")
     p.add_argument("--overlay", action="store_true", help="also write image/mask overlays")
-    p.add_argument("--model", help="which of the method's models to use")
+    p.add_argument("--model", help="which of the method's models to use (default: the method's first)")
     _add_set(p)
 
     p = sub.add_parser("demo", help="train and evaluate on generated data (CPU, no downloads)")
-    p.add_argument("--method", default="supervised")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--method", default="supervised",
+                   help="a method name (README, Methods), optionally NAME+depmatch, e.g. dgcl, fixmatch+depmatch")
+    p.add_argument("--out", default="runs/demo", help="parent folder of the run directory OUT/METHOD")
     p.add_argument("--iters", type=int, help="training iterations (default: the demo's own)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="run seed")
 
     p = sub.add_parser("analyze", help="feature-clustering scores of a checkpoint's decoder features (DGCL paper)")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a last.pt or best.pt written by sparseg train")
     _add_set(p)
     p.add_argument("--samples", type=int, default=10_000, help="pixels sampled from the validation set")
     p.add_argument("--out", help="output folder (default: analysis/ next to the checkpoint)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", help="which of the method's models to analyse (e.g. teacher, student)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pixel sample and the embedding")
+    p.add_argument("--model", help="which of the method's models to analyse, e.g. teacher, student "
+                                   "(default: the method's first)")
     p.add_argument("--embedding", choices=["pca", "tsne"], default="pca", help="2-D embedding for the plot")
 
     p = sub.add_parser("splits", help="split a list into labeled.txt and unlabeled.txt")
-    p.add_argument("list")
+    p.add_argument("list", help="the full labeled list, e.g. root/train.txt")
     p.add_argument("--labeled", required=True, help="a fraction like 1/8 or a count like 92")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random choice")
+    p.add_argument("--out", required=True, help="folder for labeled.txt and unlabeled.txt")
     p.add_argument("--root", help="data root the list is relative to (default: the list's folder)")
-    p.add_argument("--dataset", default="folder", help="dataset kind, for id lists (voc, cityscapes, ...)")
+    p.add_argument("--dataset", choices=SPLIT_LAYOUTS,
+                   help="dataset layout, for id or image-only lists (default: the first that resolves the list)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing split in OUT")
 
     p = sub.add_parser("depth", help="compute normalised depth maps for a split list (DepMatch; needs transformers)")
-    p.add_argument("list")
+    p.add_argument("list", help="split list of the images")
     p.add_argument("--model", help="transformers depth estimator, local folder or hub id "
                                    "(default: depth-anything/Depth-Anything-V2-Small-hf)")
     p.add_argument("--out", required=True, help="depth folder (use it as data.depth_dir)")
     p.add_argument("--root", help="data root the list is relative to (default: the list's folder)")
     p.add_argument("--dataset", default="folder", help="dataset kind, for id lists (voc, cityscapes, ...)")
     p.add_argument("--input-size", type=int, default=518, help="estimator input size (518 as released)")
-    p.add_argument("--format", choices=["png16", "npy"], default="png16")
+    p.add_argument("--format", choices=["png16", "npy"], default="png16", help="file format of the depth maps")
     p.add_argument("--kind", choices=["disparity", "depth"], default="disparity",
                    help="what the estimator outputs; depth is stored as 1/(d+eps)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--calibrate", action="store_true",
                    help="write no maps, only calibration.json with depmatch.unit = median(q99 - q1) of the raw output")
 
     p = sub.add_parser("sparsify", help="synthesise sparse labels (points, clicks, scribbles) from a dense list")
     p.add_argument("list", help="split list with dense masks")
-    p.add_argument("--kind", required=True, choices=["points", "clicks", "scribbles"])
-    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--kind", required=True, choices=["points", "clicks", "scribbles"], help="kind of sparse label")
+    p.add_argument("--seed", type=int, required=True, help="seed of the synthesis (recorded in the manifest)")
     p.add_argument("--out", required=True, help="output folder: masks, train.txt, manifest.json")
     p.add_argument("--per-image", type=int, help="clicks: labeled discs per image (default 50)")
     p.add_argument("--per-object", type=int, help="points: points per object (default 1)")
@@ -109,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args) -> int:
     from sparseg.config import load_config
     from sparseg.engine.trainer import train
+    from sparseg.methods import method_class
 
     overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
     cfg = load_config(args.config, overrides)
@@ -120,17 +162,22 @@ def cmd_train(args) -> int:
 
 def load_trained(checkpoint: str, overrides: list[str], model_name: str | None):
     """Rebuild the config, method and chosen model stored in a checkpoint."""
-    from sparseg.config import apply_overrides, config_from_dict
-    from sparseg.engine.checkpoint import CheckpointError, load_checkpoint
+    import copy
+
+    from sparseg.config import apply_overrides, config_from_dict, override_keys, override_origin
+    from sparseg.engine.checkpoint import CheckpointError, load_checkpoint, load_module_state
     from sparseg.engine.trainer import build_method
 
     state = load_checkpoint(checkpoint)
-    cfg = config_from_dict(apply_overrides(state["config"], overrides))
-    if cfg.model.model_dump() != config_from_dict(state["config"]).model.model_dump():
-        raise CheckpointError("model.* keys cannot be overridden for a trained checkpoint")
+    trained = config_from_dict(state["config"])
+    cfg = config_from_dict(apply_overrides(copy.deepcopy(state["config"]), overrides), override_origin(overrides))
+    if cfg.model != trained.model:
+        key = next((k for k in override_keys(overrides) if k.startswith("model")), "model.*")
+        raise CheckpointError(f"--set {key}: model.* keys come from the checkpoint and cannot be overridden "
+                              f"({checkpoint} holds a {trained.model.name} with encoder {trained.model.encoder})")
     cfg.model.pretrained = None  # the checkpoint holds the weights
     method = build_method(cfg, state["num_classes"])
-    method.load_state_dict(state["method"])
+    load_module_state(method, state["method"], checkpoint)
     models = method.eval_models()
     name = model_name or next(iter(models))
     if name not in models:
@@ -243,12 +290,15 @@ def cmd_analyze(args) -> int:
 
 def cmd_splits(args) -> int:
     from sparseg.config import DataConfig
-    from sparseg.data import create_dataset_spec, write_splits
+    from sparseg.data import create_dataset_spec, detect_layout, write_splits
 
     list_path = Path(args.list)
     root = Path(args.root) if args.root else list_path.parent
-    spec = create_dataset_spec(DataConfig(dataset=args.dataset, root=str(root)))
-    n_labeled, n_unlabeled = write_splits(list_path, root, spec, args.labeled, args.seed, Path(args.out))
+    specs = [create_dataset_spec(DataConfig(dataset=name, root=str(root), num_classes=1 if name == "folder" else None))
+             for name in ([args.dataset] if args.dataset else SPLIT_LAYOUTS)]  # classes do not matter to a split
+    spec = detect_layout(list_path, root, specs) if len(specs) > 1 else specs[0]
+    n_labeled, n_unlabeled = write_splits(list_path, root, spec, args.labeled, args.seed, Path(args.out),
+                                          args.overwrite)
     print(f"wrote {n_labeled} labeled and {n_unlabeled} unlabeled entries to {args.out}")
     return 0
 

@@ -7,8 +7,11 @@ class then validates the remaining keys (see ``sparseg.methods``).
 
 from __future__ import annotations
 
+import difflib
+import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -23,11 +26,26 @@ class Section(BaseModel):
 
 
 def _pair(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
+    """An int or [height, width], both sides >= 1."""
     if isinstance(value, int):
-        return (value, value)
-    if len(value) != 2:
+        value = (value, value)
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
         raise ValueError("expected an int or [height, width]")
+    if min(value) < 1:
+        raise ValueError("each side must be >= 1")
     return (int(value[0]), int(value[1]))
+
+
+def _all_at_least(minimum: int):
+    """A validator: every element of a tuple is >= ``minimum`` (None passes)."""
+
+    def check(value):
+        if value is not None and min(value) < minimum:
+            raise ValueError(f"every entry must be >= {minimum}")
+        return value
+
+    return check
+
 
 
 class DataConfig(Section):
@@ -38,10 +56,10 @@ class DataConfig(Section):
     unlabeled_list: str | None = None
     val_list: str | None = None
     # folder datasets (and overrides for the built-in ones)
-    num_classes: int | None = None
+    num_classes: int | None = Field(None, ge=1, le=254)  # labels 254 and 255 are reserved
     class_names: list[str] | None = None
     palette: list[tuple[int, int, int]] | None = None
-    mask_mapping: dict[int, int] | None = None
+    mask_mapping: dict[int, int] | None = None  # raw value (0..255) -> class or 255
     reduce_zero_label: bool = False
     # sparse labels (agmm.md §2): training masks with 254 = unlabeled, read in sparse_encoding
     label_format: Literal["dense", "sparse"] = "dense"
@@ -49,17 +67,25 @@ class DataConfig(Section):
     # training-time augmentation
     crop_size: tuple[int, int] = (321, 321)
     scale_range: tuple[float, float] = (0.5, 2.0)
-    base_size: int | None = None  # resize the long side to this before scaling
+    base_size: int | None = Field(None, ge=1)  # resize the long side to this before scaling
     flip: bool = True
-    batch_size: int = 8  # global labeled batch
+    batch_size: int = Field(8, ge=1)  # global labeled batch
     # depth maps for training lists (DepMatch, docs/methods/depmatch.md): None = no depth
     depth_dir: str | None = None  # relative to root: <depth_dir>/<image path, suffix replaced>.png|.npy
     depth_missing: Literal["error", "skip"] = "error"  # skip: the image's depth_valid is all False
     depth_norm: Literal["robust", "raw"] = "robust"  # robust: d~ in [0,1] (depmatch.md §3); raw: estimator units
-    unlabeled_batch_size: int | None = None  # global unlabeled batch (default: batch_size)
-    workers: int = 2
+    unlabeled_batch_size: int | None = Field(None, ge=1)  # global unlabeled batch (default: batch_size)
+    workers: int = Field(2, ge=0)
+    on_bad_image: Literal["error", "skip"] = "error"  # unreadable training image/mask: stop, or skip it (logged)
 
     _crop = field_validator("crop_size", mode="before")(_pair)
+
+    @field_validator("palette")
+    @classmethod
+    def _rgb_ok(cls, v: list[tuple[int, int, int]] | None) -> list[tuple[int, int, int]] | None:
+        if v is not None and any(not 0 <= c <= 255 for rgb in v for c in rgb):
+            raise ValueError("colour components must be in 0..255")
+        return v
 
     @field_validator("scale_range")
     @classmethod
@@ -75,17 +101,20 @@ class ModelConfig(Section):
         "resnet18", "resnet34", "resnet50", "resnet101", "dinov2_small", "dinov2_base", "dinov2_large"
     ] = "resnet101"
     stem: Literal["deep", "plain"] = "deep"
-    width: int = 64  # encoder base width (64 = standard ResNet; smaller for CPU demos)
+    width: int = Field(64, ge=1)  # encoder base width (64 = standard ResNet; smaller for CPU demos)
     output_stride: Literal[8, 16] = 16
     multi_grid: tuple[int, int, int] | None = None
     aspp_rates: tuple[int, int, int] = (6, 12, 18)
-    decoder_channels: int = 256
-    dropout: float = 0.1
-    proj_dim: int = 0  # >0 adds the projection head returning ``rep``
+    decoder_channels: int = Field(256, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    proj_dim: int = Field(0, ge=0)  # >0 adds the projection head returning ``rep``
     aux_head: bool = False
     pretrained: str | None = None  # local encoder weights file; dpt: a Hugging Face Dinov2Model directory or hub id
-    pretrained_layout: Literal["auto", "deepstem", "torchvision", "timm", "mmseg"] = "auto"
+    pretrained_layout: Literal["auto", "deepstem", "torchvision", "timm", "mmseg", "sparseg"] = "auto"
     dpt_layers: tuple[int, int, int, int] | None = None  # dpt: tapped transformer blocks (default: per encoder)
+
+    _dilations = field_validator("multi_grid", "aspp_rates")(_all_at_least(1))
+    _layers = field_validator("dpt_layers")(_all_at_least(0))
 
     @model_validator(mode="after")
     def _encoder_fits_model(self) -> ModelConfig:
@@ -97,27 +126,35 @@ class ModelConfig(Section):
 
 class OptimConfig(Section):
     name: Literal["sgd", "adamw"] = "sgd"
-    base_lr: float = 0.001
-    reference_batch: int | None = None  # lr = base_lr * global_batch / reference_batch
-    head_lr_mult: float = 10.0
-    momentum: float = 0.9  # sgd
+    base_lr: float = Field(0.001, gt=0)
+    reference_batch: int | None = Field(None, ge=1)  # lr = base_lr * global_batch / reference_batch
+    head_lr_mult: float = Field(10.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd
     betas: tuple[float, float] = (0.9, 0.999)  # adamw
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
+    weight_decay: float = Field(1e-4, ge=0)
+    poly_power: float = Field(0.9, ge=0)
+    lr_schedule_shift: int = Field(0, ge=0, le=1)  # 1: step i uses lr(i − 1), as the references set lr(i) after step i
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_ok(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError("each beta must be in [0, 1)")
+        return v
 
 
 class TrainConfig(Section):
-    iters: int | None = None
-    epochs: int | None = None  # one epoch = one pass over the (unlabeled or train) list
-    eval_every: int = 0  # 0: only at the end
-    log_every: int = 10
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    iters: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1)  # one epoch = one pass over the (unlabeled or train) list
+    eval_every: int = Field(0, ge=0)  # 0: only at the end
+    log_every: int = Field(10, ge=1)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # auto | cpu | cuda | cuda:N
     amp: Literal["off", "bf16", "fp16"] = "off"
     channels_last: bool = False
     compile: bool = False  # torch.compile the model (CUDA; first iterations are slow)
     deterministic: bool = False
     on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss stops the run, or skips that step
-    max_val_images: int | None = None  # cap validation during training (None: all)
+    max_val_images: int | None = Field(None, ge=1)  # cap validation during training (None: all)
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainConfig:
@@ -130,7 +167,7 @@ class EvalConfig(Section):
     mode: Literal["whole", "center_crop", "sliding_window"] = "whole"
     crop_size: tuple[int, int] | None = None
     stride: tuple[int, int] | None = None
-    scales: list[float] = Field(default_factory=lambda: [1.0])
+    scales: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
     flip: bool = False
     miou_over: Literal["all", "present"] = "all"  # classes with empty union: count 0, or skip
 
@@ -138,10 +175,23 @@ class EvalConfig(Section):
         lambda v: None if v is None else _pair(v)
     )
 
+    @field_validator("scales")
+    @classmethod
+    def _scales_ok(cls, v: list[float]) -> list[float]:
+        if min(v) <= 0:
+            raise ValueError("scales must be > 0")
+        return v
+
+    @model_validator(mode="after")
+    def _crop_for_crop_modes(self) -> EvalConfig:
+        if self.mode != "whole" and self.crop_size is None:
+            raise ValueError(f"eval.mode {self.mode} needs eval.crop_size")
+        return self
+
 
 class Config(Section):
-    seed: int = 0
-    out: str = "runs/default"
+    seed: int = Field(0, ge=0)
+    out: str = "runs/default"  # load_config: runs/<config file stem> when neither the file nor --out sets it
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -149,8 +199,8 @@ class Config(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     method: dict[str, Any] = Field(default_factory=lambda: {"name": "supervised"})
 
-    def method_config(self):
-        """The method section validated by the method's own schema."""
+    def method_config(self, origin: Callable[[str], str] | None = None):
+        """The method section validated by the method's own schema (``origin``: see ``config_from_dict``)."""
         from sparseg.methods import method_class
 
         options = dict(self.method)
@@ -159,54 +209,158 @@ class Config(Section):
         try:
             return cls.Config(**options)
         except ValidationError as err:
-            raise ConfigError(_format_errors(err, prefix="method")) from None
+            raise ConfigError(_format_errors(err, prefix="method", schema=cls.Config, origin=origin)) from None
 
 
-def _format_errors(err: ValidationError, prefix: str = "") -> str:
+def schema_keys(schema: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted key of a schema, nested sections included (``data.root``, ``method.weights.pce``)."""
+    keys = []
+    for name, field in schema.model_fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        keys.append(key)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            keys += schema_keys(field.annotation, key)
+    return keys
+
+
+def _format_errors(
+    err: ValidationError, prefix: str = "", schema: type[BaseModel] | None = None,
+    origin: Callable[[str], str] | None = None,
+) -> str:
+    """One clause per error naming the key; unknown keys get the nearest key of ``schema`` as a hint and
+    ``origin(key)`` (e.g. the file, or ``--set``) says where the key was set."""
+    candidates = schema_keys(schema, prefix) if schema else []
+    candidates += [f"{prefix}.name"] if prefix == "method" else []
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
         key = f"{prefix}.{key}" if prefix and key else (prefix or key)
         if e["type"] == "extra_forbidden":
-            lines.append(f"unknown config key '{key}'")
+            siblings = [c for c in candidates if c.rpartition(".")[0] == key.rpartition(".")[0]]
+            close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6) or difflib.get_close_matches(
+                key, candidates, n=1, cutoff=0.6)
+            text = f"unknown config key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else "")
         else:
-            lines.append(f"config key '{key}': {e['msg']} (got {e.get('input')!r})")
+            message = e["msg"].removeprefix("Value error, ")
+            got = "" if isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
+            text = f"config key '{key}': {message}{got}"
+        where = origin(key) if origin else ""
+        lines.append(f"{where}: {text}" if where else text)
     return "; ".join(lines)
 
 
-def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else ""
+_NULL_WORDS = {"null", "Null", "NULL", "~"}
+
+
+def _field_annotation(parts: list[str], method_name: str) -> Any:
+    """The type annotation of a dotted key in the schema (``method.*``: the named method's), None if unknown."""
+    schema: type[BaseModel] | None = Config
+    if parts[0] == "method" and len(parts) > 1:
+        if parts[1:] == ["name"]:
+            return str
+        from sparseg.methods import METHODS, method_class
+
+        method_class("supervised")  # registers every method
+        if method_name not in METHODS:
+            return None
+        schema, parts = method_class(method_name).Config, parts[1:]
+    annotation = None
+    for part in parts:
+        field = schema.model_fields.get(part) if schema is not None else None
+        if field is None:
+            return None
+        annotation = field.annotation
+        schema = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return annotation
+
+
+def _is_text(annotation: Any) -> bool:
+    """True for str fields (also Literal strings, optional ones): their --set values are taken verbatim."""
+    options = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    options = [o for o in options if o is not type(None)]
+    return bool(options) and all(
+        o is str or (get_origin(o) is Literal and all(isinstance(a, str) for a in get_args(o))) for o in options
+    )
+
+
+def _parse_value(key: str, text: str, annotation: Any) -> Any:
+    """A --set value: verbatim for text fields (YAML only for quoted text and null), YAML for the rest.
+    YAML would silently drop a `` #...`` comment or turn ``2024``/``off`` into a number/boolean."""
+    if _is_text(annotation) and not text.startswith(("'", '"')):
+        nullable = type(None) in get_args(annotation)
+        return None if nullable and text in _NULL_WORDS else text
+    if text == "":
+        return ""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: not a valid YAML value: {' '.join(str(err).split())}") from None
+    if node is not None and node.end_mark.index < len(text.rstrip()):
+        raise ConfigError(f"--set {key}: the value '{text}' would be cut at '{text[node.end_mark.index:].strip()}' "
+                          "(YAML comment); quote it")
+    return value
+
+
+def _override_method(raw: dict[str, Any], overrides: list[str]) -> str:
+    """The method name after overrides (the last ``method.name=`` wins)."""
+    name = raw.get("method", {}).get("name", "supervised") if isinstance(raw.get("method"), dict) else "supervised"
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip() == "method.name":
+            name = value.strip()
+    return name
+
+
+def override_keys(overrides: list[str]) -> list[str]:
+    """The dotted keys ``key=value`` overrides set."""
+    return [item.split("=", 1)[0].strip() for item in overrides]
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` strings (values parsed as YAML) to a nested dict."""
+    """Apply ``key.sub=value`` strings (``--set``) to a nested dict, each value converted for its field's type."""
+    method_name = _override_method(raw, overrides)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value")
+            raise ConfigError(f"--set '{item}' is not of the form key=value")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
         node = raw
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override '{key}': '{part}' is not a section")
+                raise ConfigError(f"--set {key}: '{part}' is not a section")
             node = child
-        node[parts[-1]] = _parse_value(value)
+        node[parts[-1]] = _parse_value(key.strip(), value, _field_annotation(parts, method_name))
     return raw
 
 
-def config_from_dict(raw: dict[str, Any]) -> Config:
+def config_from_dict(raw: dict[str, Any], origin: Callable[[str], str] | None = None) -> Config:
+    """Validate a nested dict; ``origin(key)`` names where a bad key was set (a file, ``--set``)."""
     try:
         cfg = Config(**raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err)) from None
-    cfg.method_config()  # validate the method section now, not at training time
+        raise ConfigError(_format_errors(err, schema=Config, origin=origin)) from None
+    cfg.method_config(origin)  # validate the method section now, not at training time
     return cfg
 
 
+def override_origin(overrides: list[str], otherwise: str = "") -> Callable[[str], str]:
+    """``origin`` for config_from_dict: ``--set`` for keys at, above or below an overridden key."""
+    keys = override_keys(overrides)
+
+    def origin(key: str) -> str:
+        touched = any(k == key or k.startswith(f"{key}.") or key.startswith(f"{k}.") for k in keys)
+        return "--set" if touched else otherwise
+
+    return origin
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides."""
+    """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides.
+    Without an ``out`` in the file or the overrides, a file's runs go to ``runs/<file stem>``."""
     raw: dict[str, Any] = {}
+    overrides = list(overrides or [])
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -217,12 +371,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of config keys")
-    raw = apply_overrides(raw, overrides or [])
-    try:
-        return config_from_dict(raw)
-    except ConfigError as err:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{err}") from None
+    raw = apply_overrides(raw, overrides)
+    if path is not None and "out" not in raw:
+        raw["out"] = f"runs/{path.stem}"
+    return config_from_dict(raw, override_origin(overrides, str(path) if path is not None else ""))
 
 
 def dump_config(cfg: Config) -> dict[str, Any]:

@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from sparseg.cli import main
@@ -117,3 +118,109 @@ def test_nonfinite_loss_stops_or_skips(setup, capsys, monkeypatch):
     import torch
 
     assert torch.load(last, weights_only=False)["skipped_steps"] == 4
+
+
+@pytest.fixture()
+def fresh_config(tmp_path):
+    """A config whose run never started: bad values must be refused before the run folder exists."""
+    root = make_synthetic_dataset(tmp_path / "data", n_train=4, n_val=2, size=32, seed=0)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"""
+out: {tmp_path / 'run'}
+data: {{dataset: synthetic, root: {root}, train_list: train.txt, val_list: val.txt, crop_size: 32, batch_size: 2,
+        workers: 0}}
+model: {{encoder: resnet18, stem: plain, width: 8, decoder_channels: 16}}
+train: {{iters: 2, device: cpu}}
+""")
+    return cfg, tmp_path / "run"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("data.batch_size=0", "data.batch_size"), ("optim.base_lr=-1", "optim.base_lr"),
+    ("data.crop_size=0", "data.crop_size"), ("train.log_every=0", "train.log_every"),
+    ("data.workers=-1", "data.workers"), ("data.base_size=-5", "data.base_size"), ("train.iters=0", "train.iters"),
+    ("train.iters=-3", "train.iters"), ("data.num_classes=0", "data.num_classes"), ("eval.mode=sliding_window", "eval"),
+])
+def test_bad_values_end_in_one_line_before_any_work(fresh_config, capsys, override, key):
+    cfg, run = fresh_config
+    assert main(["train", str(cfg), "--set", override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --set: config key '{key}'"), err
+    assert not run.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_is_refused_before_data_is_read(fresh_config, capsys):
+    cfg, run = fresh_config
+    (cfg.parent / "data" / "train.txt").unlink()  # reading the data would fail differently
+    assert main(["train", str(cfg), "--set", "train.device=cuda"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: train.device=cuda but no CUDA GPU is available; use train.device=cpu (or auto)")
+    assert not run.exists()
+
+
+def test_set_takes_key_value_items_only_and_repeats(fresh_config, capsys):
+    cfg, _ = fresh_config
+    with pytest.raises(SystemExit) as exit_:  # a config path after --set is not swallowed silently
+        main(["train", "--set", "train.iters=1", str(cfg)])
+    assert exit_.value.code == 2
+    assert f"'{cfg}' is not KEY=VALUE" in capsys.readouterr().err
+    # repeated --set flags add up (the second does not replace the first)
+    assert main(["train", str(cfg), "--set", "optim.lr=1", "--set", "data.bogus=2"]) == 2
+    err = capsys.readouterr().err
+    assert "--set: unknown config key 'optim.lr' (did you mean 'optim.base_lr'?)" in err and "'data.bogus'" in err
+
+
+def test_checkpoint_model_cannot_be_swapped_and_shape_mismatch_is_one_line(setup, capsys, tmp_path):
+    _, _, last, _ = setup
+    capsys.readouterr()
+    assert main(["eval", str(last), "--set", "model.encoder=resnet50"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --set model.encoder: model.* keys come from the checkpoint")
+    # weights of another shape under the same config: the first differing tensor, in one line
+    from sparseg.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(last)
+    key = next(k for k in state["method"] if k.endswith("conv1.weight"))
+    state["method"][key] = torch.zeros(3, 3, 1, 1)
+    del state["format_version"]
+    save_checkpoint(tmp_path / "odd.pt", state)
+    assert main(["eval", str(tmp_path / "odd.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"first {key}: [3, 3, 1, 1] in the file" in err[0], err
+
+
+def test_unreadable_training_images_are_skipped_with_on_bad_image_skip(setup, capsys):
+    root, cfg, last, _ = setup
+    truncated = corrupt_truncated(root)  # the header reads, the pixels do not
+    empty = root / (root / "train.txt").read_text().split()[2]
+    empty.write_bytes(b"")  # not even a header: found by the up-front check
+    assert main(["train", str(cfg), "--overwrite"]) == 2
+    assert empty.name in capsys.readouterr().err.strip().splitlines()[-1]  # default error: named, up front
+    with pytest.warns(UserWarning) as warned:
+        assert main(["train", str(cfg), "--overwrite", "--set", "data.on_bad_image=skip"]) == 0
+    skipped = [str(w.message) for w in warned if "data.on_bad_image=skip" in str(w.message)]
+    assert len(skipped) == 2  # once per file, however often the sampler draws it
+    assert any(truncated in m for m in skipped) and any(empty.name in m for m in skipped)
+    from sparseg.engine.checkpoint import load_checkpoint
+
+    assert load_checkpoint(last)["iteration"] == 4
+
+
+def test_skip_replaces_an_unreadable_unlabeled_image_by_the_next_one(setup):
+    from sparseg.config import DataConfig
+    from sparseg.data import EvalTransform, build_dataset
+
+    root, _, _, _ = setup
+    corrupt_truncated(root)
+    (root / "unlabeled.txt").write_text("\n".join(line.split()[0] for line in (root / "train.txt").read_text()
+                                                  .splitlines()))
+    cfg = DataConfig(dataset="synthetic", root=str(root), unlabeled_list="unlabeled.txt")
+    dataset = build_dataset(cfg, "unlabeled_list", labeled=False, transform=EvalTransform())
+    with pytest.raises(Exception, match=first_train_image(root).name):
+        dataset[0]
+    dataset = build_dataset(cfg.model_copy(update={"on_bad_image": "skip"}), "unlabeled_list", labeled=False,
+                            transform=EvalTransform())
+    with pytest.warns(UserWarning, match=first_train_image(root).name):
+        assert dataset[0]["index"].item() == 1
+    assert dataset[0]["index"].item() == 1 and dataset.skipped == {first_train_image(root)}

@@ -23,7 +23,7 @@ from sparseg.data.sparse import (
     to_reference,
 )
 from sparseg.data.sparsify import object_points, random_clicks, scribbles, sparsify_list
-from sparseg.data.splits import SplitEntry, SplitError, check_disjoint, read_split, write_splits
+from sparseg.data.splits import SplitEntry, SplitError, check_disjoint, detect_layout, read_split, write_splits
 from sparseg.data.synthetic import SYNTHETIC_CLASSES, make_synthetic_dataset
 from sparseg.data.transforms import (
     FIELDS,
@@ -54,6 +54,7 @@ __all__ = [
     "convert_cityscapes",
     "create_dataset_spec",
     "cutmix",
+    "detect_layout",
     "from_ignore255",
     "from_reference",
     "from_shifted",

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from sparseg.config import ConfigError, DataConfig
 from sparseg.data.depth import DepthReader
-from sparseg.data.errors import DataError
+from sparseg.data.errors import DataError, UnreadableFileError
 from sparseg.data.sparse import LabelFormatError, class_tags, sparse_warning, to_canonical
 from sparseg.data.splits import IMAGE_SUFFIXES, SplitEntry, read_split
 from sparseg.data.synthetic import SYNTHETIC_CLASSES
@@ -266,10 +266,31 @@ def _load(path: Path, what: str) -> Image.Image:
             image = Image.open(file)
             image.load()
     except FileNotFoundError:
-        raise DataError(f"{path}: {what} file not found") from None
+        raise UnreadableFileError(f"{path}: {what} file not found") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{path}: unreadable or truncated {what}: {err}") from None
+        raise UnreadableFileError(f"{path}: unreadable or truncated {what}: {err}") from None
     return image
+
+
+def _header(path: Path, what: str) -> tuple[tuple[int, int], str]:
+    """Size (width, height) and mode of an image file from its header; the pixels are not decoded."""
+    try:
+        with Image.open(path) as image:  # lazy: reads the header only
+            return image.size, image.mode
+    except FileNotFoundError:
+        raise UnreadableFileError(f"{path}: {what} file not found") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise UnreadableFileError(f"{path}: unreadable {what}: {err}") from None
+
+
+def _check_mask_header(entry: SplitEntry, size: tuple[int, int], mode: str, image_size: tuple[int, int]) -> None:
+    if size != image_size:
+        raise DataError(
+            f"{entry.mask}: mask size {size[0]}x{size[1]} differs from image "
+            f"{entry.image} size {image_size[0]}x{image_size[1]} (width x height)"
+        )
+    if Image.getmodebands(mode) != 1:
+        raise DataError(f"{entry.mask}: mask must be single-channel, got mode {mode}")
 
 
 class SegmentationDataset(Dataset):
@@ -282,11 +303,13 @@ class SegmentationDataset(Dataset):
     float [K]: 1 for classes labeled anywhere in the un-augmented mask (agmm.md §5, t).
     With ``depth`` items also hold ``depth`` float32 [H,W] and ``depth_valid`` bool [H,W], augmented with
     the image's geometry (``sparseg.data.depth``, depmatch.md §3).
+    With ``on_bad_image="skip"`` an unreadable image or mask is reported once (a warning naming it) and the
+    next readable entry of the list takes its place, so batches stay full.
     """
 
     def __init__(
         self, entries: Sequence[SplitEntry], spec: DatasetSpec, transform, labeled: bool,
-        sparse_encoding: str | None = None, depth: DepthReader | None = None,
+        sparse_encoding: str | None = None, depth: DepthReader | None = None, on_bad_image: str = "error",
     ) -> None:
         missing = next((e for e in entries if e.mask is None), None) if labeled else None
         if missing is not None:
@@ -297,6 +320,8 @@ class SegmentationDataset(Dataset):
         self.labeled = labeled
         self.sparse_encoding = sparse_encoding
         self.depth = depth
+        self.on_bad_image = on_bad_image
+        self.skipped: set[Path] = set()  # unreadable files skipped so far (in this process)
         self._warned = False  # sparse masks that look dense are reported once
 
     def __len__(self) -> int:
@@ -304,6 +329,25 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         index, sample_seed = key if isinstance(key, tuple) else (key, None)
+        for offset in range(len(self.entries)):  # with on_bad_image=skip: the next readable entry
+            i = (index + offset) % len(self.entries)
+            if self.entries[i].image in self.skipped:
+                continue
+            try:
+                return self._item(i, sample_seed)
+            except UnreadableFileError as err:
+                if self.on_bad_image != "skip":
+                    raise
+                self._skip(self.entries[i], err)
+        raise DataError(f"no entry of this list is readable ({len(self.skipped)} files skipped)")
+
+    def _skip(self, entry: SplitEntry, err: DataError) -> None:
+        """Record an unreadable entry, warning once per file."""
+        if entry.image not in self.skipped:
+            self.skipped.add(entry.image)
+            warnings.warn(f"skipped (data.on_bad_image=skip; {len(self.skipped)} so far): {err}", stacklevel=3)
+
+    def _item(self, index: int, sample_seed: int | None) -> dict[str, torch.Tensor]:
         entry = self.entries[index]
         image = _load(entry.image, "image")
         fields: dict[str, Any] = {"image": image.convert("RGB")}
@@ -317,17 +361,27 @@ class SegmentationDataset(Dataset):
         item["index"] = torch.tensor(index, dtype=torch.int64)
         return item
 
+    def check_files(self) -> None:
+        """Every image, and every mask of a labeled dataset, opens; masks are single-channel and as large as
+        their image. Reads file headers only (about 0.1 s per 1,000 pairs, docs/benchmarks.md), so a bad file
+        is reported before training rather than when the loader reaches it. Pixel values are checked on load."""
+        for entry in self.entries:
+            try:
+                image_size, _ = _header(entry.image, "image")
+                if self.labeled:
+                    _check_mask_header(entry, *_header(entry.mask, "mask"), image_size)
+            except UnreadableFileError as err:
+                if self.on_bad_image != "skip":
+                    raise
+                self._skip(entry, err)
+        if len(self.skipped) == len(self.entries):
+            raise DataError(f"no entry of this list is readable ({len(self.skipped)} files skipped)")
+
     def read_mask(self, entry: SplitEntry, image_size: tuple[int, int]) -> np.ndarray:
         """The entry's mask as uint8 labels, checked against the image size and the class range."""
         mask = _load(entry.mask, "mask")
-        if mask.size != image_size:
-            raise DataError(
-                f"{entry.mask}: mask size {mask.size[0]}x{mask.size[1]} differs from image "
-                f"{entry.image} size {image_size[0]}x{image_size[1]} (width x height)"
-            )
+        _check_mask_header(entry, mask.size, mask.mode, image_size)
         raw = np.asarray(mask)  # palette PNGs hold class indices: never convert("L")
-        if raw.ndim != 2:
-            raise DataError(f"{entry.mask}: mask must be single-channel, got mode {mask.mode} {raw.shape}")
         if self.sparse_encoding is None:
             return self.spec.map_labels(raw, entry.mask)
         try:
@@ -356,12 +410,16 @@ def resolve_list(cfg: DataConfig, list_key: str) -> Path:
 
 
 def build_dataset(cfg: DataConfig, list_key: str, labeled: bool, transform) -> SegmentationDataset:
-    """Dataset for the split list ``cfg.<list_key>`` (e.g. ``"labeled_list"``) under ``cfg.root``."""
+    """Dataset for the split list ``cfg.<list_key>`` (e.g. ``"labeled_list"``) under ``cfg.root``, its files
+    checked from their headers (``SegmentationDataset.check_files``)."""
     spec = create_dataset_spec(cfg)
     entries = read_split(resolve_list(cfg, list_key), cfg.root, spec, labeled=labeled)
     sparse = cfg.label_format == "sparse" and labeled and list_key != "val_list"  # val masks stay dense
     depth = None
     if cfg.depth_dir is not None and list_key != "val_list":  # training lists only: evaluation needs no depth
         depth = DepthReader(Path(cfg.root) / cfg.depth_dir, entries, cfg.depth_missing, cfg.depth_norm)
-    return SegmentationDataset(entries, spec, transform, labeled=labeled,
-                               sparse_encoding=cfg.sparse_encoding if sparse else None, depth=depth)
+    dataset = SegmentationDataset(entries, spec, transform, labeled=labeled,
+                                  sparse_encoding=cfg.sparse_encoding if sparse else None, depth=depth,
+                                  on_bad_image=cfg.on_bad_image if list_key != "val_list" else "error")
+    dataset.check_files()
+    return dataset

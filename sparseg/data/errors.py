@@ -3,3 +3,7 @@
 
 class DataError(ValueError):
     """An image or mask cannot be used; the message names the file."""
+
+
+class UnreadableFileError(DataError):
+    """An image or mask file is missing, truncated or cannot be decoded (``data.on_bad_image`` may skip it)."""

@@ -20,7 +20,6 @@ import hashlib
 import importlib.util
 import inspect
 import json
-import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -319,7 +318,7 @@ def sparsify_list(
     """Write sparse labels for every entry of a dense split list (agmm.md §3); return the manifest.
 
     ``OUT/<image id>.png`` holds canonical labels, ``OUT/train.txt`` lines ``image_path mask_path``
-    relative to ``root`` (with ``..`` when OUT is outside it), and ``OUT/manifest.json`` the generator,
+    relative to ``root`` (masks absolute when OUT is outside it), and ``OUT/manifest.json`` the generator,
     parameters, seed and per-image labeled fraction and classes. Generated once: an OUT whose manifest
     records the same inputs (list, mask file sizes and times, parameters) is reused, a different one
     is an error unless ``overwrite``.
@@ -366,13 +365,18 @@ def sparsify_list(
             "classes": sorted(labeled),
             "present_unlabeled": sorted(present - labeled),  # suppressed by the absent-class term
         }
-        mask_rel = os.path.relpath(target.resolve(), root.resolve())
-        lines.append(f"{entry.image.relative_to(root).as_posix()} {Path(mask_rel).as_posix()}\n")
+        lines.append(f"{entry.image.relative_to(root).as_posix()} {_list_path(target, root)}\n")
     list_out.write_text("".join(lines), encoding="utf-8")
     manifest = {**recipe, "num_classes": k, "class_names": list(spec.class_names),
                 "summary": summarize(images, spec.class_names), "images": images}
     manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")  # last: marks a complete output
     return manifest
+
+
+def _list_path(path: Path, root: Path) -> str:
+    """How a list line names ``path``: relative to ``root`` when inside it, else absolute (no ``../..``)."""
+    path, root = path.resolve(), root.resolve()
+    return (path.relative_to(root) if path.is_relative_to(root) else path).as_posix()
 
 
 def _fingerprint(paths: list[Path]) -> str:

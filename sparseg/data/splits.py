@@ -68,19 +68,36 @@ def check_disjoint(labeled: Sequence[SplitEntry], unlabeled: Sequence[SplitEntry
         )
 
 
+def detect_layout(list_path: str | Path, root: str | Path, specs: Sequence[PathRules]) -> PathRules:
+    """The first of ``specs`` whose path rules resolve every line of the list to an image and a mask."""
+    failures = []
+    for spec in specs:
+        try:
+            _read_lines(Path(list_path), Path(root), spec, labeled=True)
+            return spec
+        except SplitError as err:
+            failures.append(f"as {spec.name}: {err}")
+    raise SplitError(f"{list_path}: no dataset layout resolves this list ({failures[-1]}); pass --dataset")
+
+
 def write_splits(
-    list_path: str | Path, root: str | Path, spec: PathRules, labeled: str, seed: int, out_dir: str | Path
+    list_path: str | Path, root: str | Path, spec: PathRules, labeled: str, seed: int, out_dir: str | Path,
+    overwrite: bool = False,
 ) -> tuple[int, int]:
     """Partition a labeled list into ``labeled.txt`` / ``unlabeled.txt`` under ``out_dir``.
 
     ``labeled`` is a fraction (``"1/8"``, rounded up) or a count (``"92"``). The lines keep the input's
-    format and order; the choice depends only on ``seed``. Returns (n_labeled, n_unlabeled).
+    format and order; the choice depends only on ``seed``. Existing split files are replaced only with
+    ``overwrite``. Returns (n_labeled, n_unlabeled).
     """
+    out_dir = Path(out_dir)
+    existing = [out_dir / name for name in ("labeled.txt", "unlabeled.txt") if (out_dir / name).exists()]
+    if existing and not overwrite:
+        raise SplitError(f"{existing[0]} exists; choose another --out or pass --overwrite to replace the split")
     lines = _read_lines(Path(list_path), Path(root), spec, labeled=True)
     count = _labeled_count(labeled, len(lines))
     chosen = np.zeros(len(lines), dtype=bool)
     chosen[np.random.default_rng(seed).permutation(len(lines))[:count]] = True
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, keep in (("labeled.txt", chosen), ("unlabeled.txt", ~chosen)):
         text = "".join(line.text + "\n" for line, k in zip(lines, keep) if k)
@@ -162,18 +179,22 @@ def _parse_line(text: str, lineno: int, where: str, root: Path, spec: PathRules,
                 "write 'image mask' lines"
             )
         raise SplitError(f"{where}: mask not found: {_tried(root, mask_candidates)}")
-    item_id = PurePosixPath(image.relative_to(root).as_posix()).with_suffix("").as_posix()
+    item_id = PurePosixPath((image.relative_to(root) if image.is_relative_to(root) else image).as_posix())
+    item_id = item_id.with_suffix("").as_posix()
     return _Line(lineno, text, kind, SplitEntry(image=image, mask=mask, id=item_id))
 
 
 def _relative(path: str, root: Path, spec: PathRules) -> str:
-    """A list path relative to the root: spec prefixes (SegNet) and a leading '/' (CPS) removed."""
+    """A list path relative to the root: spec prefixes (SegNet) and a leading '/' (CPS) removed; an
+    absolute path to an existing file outside the root (``sparsify`` output elsewhere) is kept."""
     for prefix in spec.strip_prefixes:
         if path.startswith(prefix):
             return path[len(prefix) :]
     absolute = Path(path)
     if absolute.is_absolute() and absolute.is_relative_to(root.resolve()):
         return absolute.relative_to(root.resolve()).as_posix()
+    if absolute.is_absolute() and not (root / path.lstrip("/")).is_file() and absolute.is_file():
+        return path
     return path.lstrip("/")
 
 

@@ -49,3 +49,25 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if state["format_version"] > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer sparseg (format {state['format_version']})")
     return state
+
+
+def load_module_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """``module.load_state_dict(state)``, refusing a state of another architecture in one line that names
+    the first differing tensor and the number of differences (not PyTorch's page of key mismatches)."""
+    own = module.state_dict()
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if shapes or missing or unexpected:
+        parts = []
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} tensor(s) of another shape, first {k}: {list(state[k].shape)} in the file, "
+                         f"{list(own[k].shape)} in the model")
+        if missing:
+            parts.append(f"{len(missing)} missing, first {missing[0]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected, first {unexpected[0]}")
+        raise CheckpointError(f"{source} does not fit this model ({'; '.join(parts)}): "
+                              "was it trained with other model.* settings or class count?")
+    module.load_state_dict(state)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from sparseg.config import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -39,6 +41,8 @@ def init_distributed(device_kind: str) -> DistInfo:
 
 
 def resolve_device(name: str, info: DistInfo) -> torch.device:
+    """The torch device for ``train.device`` (auto | cpu | cuda | cuda:N); ConfigError when it is not there."""
+    requested = name
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -46,7 +50,9 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device asks for CUDA but no GPU is available; use train.device=cpu")
+            raise ConfigError(f"train.device={requested} but no CUDA GPU is available; use train.device=cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device={requested} but only {torch.cuda.device_count()} GPU(s) are visible")
         torch.cuda.set_device(device)
     return device
 

@@ -32,6 +32,26 @@ class EvalResult:
     num_images: int
     mode: str
     pixel_accuracy: float
+    mean_accuracy: float = math.nan  # mean over classes present in the labels
+    accuracy: list[float] | None = None  # per class, % of its ground-truth pixels predicted right (NaN: absent)
+
+    @classmethod
+    def from_confusion(
+        cls, confusion: ConfusionMatrix, class_names: list[str], miou_over: str, num_images: int, mode: str
+    ) -> EvalResult:
+        """Scores of a (summed) confusion matrix."""
+        return cls(
+            miou=confusion.miou(miou_over),
+            iou=(confusion.iou() * 100).tolist(),
+            class_names=class_names,
+            confusion=confusion.matrix.cpu(),
+            miou_over=miou_over,
+            num_images=num_images,
+            mode=mode,
+            pixel_accuracy=confusion.pixel_accuracy(),
+            mean_accuracy=confusion.mean_accuracy(),
+            accuracy=(confusion.class_accuracy() * 100).tolist(),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (NaN becomes None)."""
@@ -39,9 +59,12 @@ class EvalResult:
             "miou": _finite_or_none(self.miou),
             "miou_over": self.miou_over,
             "pixel_accuracy": _finite_or_none(self.pixel_accuracy),
+            "mean_accuracy": _finite_or_none(self.mean_accuracy),
             "num_images": self.num_images,
             "mode": self.mode,
             "iou": {name: _finite_or_none(v) for name, v in zip(self.class_names, self.iou)},
+            **({"accuracy": {name: _finite_or_none(v) for name, v in zip(self.class_names, self.accuracy)}}
+               if self.accuracy is not None else {}),
             "confusion": self.confusion.tolist(),
         }
 
@@ -116,25 +139,20 @@ def evaluate(
 
     confusion.all_reduce()
     num_images = int(all_reduce_sum(torch.tensor(len(indices), device=device)).item())
-    return EvalResult(
-        miou=confusion.miou(cfg.miou_over),
-        iou=(confusion.iou() * 100).tolist(),
-        class_names=names,
-        confusion=confusion.matrix.cpu(),
-        miou_over=cfg.miou_over,
-        num_images=num_images,
-        mode=mode,
-        pixel_accuracy=confusion.pixel_accuracy(),
-    )
+    return EvalResult.from_confusion(confusion, names, cfg.miou_over, num_images, mode)
 
 
 def format_table(result: EvalResult) -> str:
-    """Per-class IoU table (rich), ending with the line ``mIoU: 63.21``."""
+    """Per-class IoU (and accuracy) table (rich), pixel and mean accuracy, ending with the line ``mIoU: 63.21``."""
     table = Table()
     table.add_column("Class")
     table.add_column("IoU (%)", justify="right")
-    for name, value in zip(result.class_names, result.iou):
-        table.add_row(name, "n/a" if math.isnan(value) else f"{value:.2f}")
+    if result.accuracy is not None:
+        table.add_column("Acc (%)", justify="right")
+    accuracy = result.accuracy if result.accuracy is not None else [None] * len(result.iou)
+    for name, value, acc in zip(result.class_names, result.iou, accuracy):
+        cells = [_percent(value)] + ([] if acc is None else [_percent(acc)])
+        table.add_row(name, *cells)
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=sys.stdout.isatty(), soft_wrap=True)
     console.print(f"{result.mode}; {result.num_images} images", markup=False, highlight=False)
@@ -142,4 +160,12 @@ def format_table(result: EvalResult) -> str:
     if any(math.isnan(v) for v in result.iou):
         empty = "counted as 0" if result.miou_over == "all" else "skipped"
         console.print(f"n/a: class in neither labels nor predictions ({empty})", highlight=False)
+    if any(math.isnan(v) for v in accuracy if v is not None):
+        console.print("Acc n/a: class absent from the labels (left out of the mean accuracy)", highlight=False)
+    console.print(f"pixel accuracy: {_percent(result.pixel_accuracy)}, mean accuracy: "
+                  f"{_percent(result.mean_accuracy)}", highlight=False)
     return f"{buffer.getvalue()}mIoU: {result.miou:.2f}"
+
+
+def _percent(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.2f}"

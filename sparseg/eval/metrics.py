@@ -78,6 +78,18 @@ class ConfusionMatrix:
             return iou[~iou.isnan()].mean().item() * 100  # NaN when no class is present
         raise ValueError(f"miou over must be 'all' or 'present', got {over!r}")
 
+    def class_accuracy(self) -> torch.Tensor:
+        """Per-class recall: correct / ground-truth pixels (float64, CPU), NaN for classes absent from the labels."""
+        m = self.matrix.double().cpu()
+        total = m.sum(1)
+        return torch.where(total > 0, m.diag() / total.clamp(min=1), torch.nan)
+
+    def mean_accuracy(self) -> float:
+        """Mean class accuracy x 100 over the classes present in the labels (mmseg's mAcc; NaN if none)."""
+        accuracy = self.class_accuracy()
+        present = accuracy[~accuracy.isnan()]
+        return present.mean().item() * 100 if present.numel() else float("nan")
+
     def pixel_accuracy(self) -> float:
         """Correct pixels / counted pixels x 100 (NaN when nothing was counted)."""
         m = self.matrix.double().cpu()

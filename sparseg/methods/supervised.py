@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field
 
 from sparseg.methods import register_method
 from sparseg.methods.base import Method, MethodConfig, Step
@@ -13,9 +14,9 @@ from sparseg.methods.losses import cross_entropy, ohem_cross_entropy
 
 class SupervisedConfig(MethodConfig):
     loss: Literal["ce", "ohem"] = "ce"
-    ohem_thresh: float = 0.7
-    ohem_min_kept: int = 100_000
-    aux_weight: float = 0.4  # used when the model has an aux head
+    ohem_thresh: float = Field(0.7, gt=0, le=1)
+    ohem_min_kept: int = Field(100_000, ge=0)
+    aux_weight: float = Field(0.4, ge=0)  # used when the model has an aux head
 
 
 def supervised_loss(cfg: SupervisedConfig, out: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:

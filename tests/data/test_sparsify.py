@@ -154,12 +154,12 @@ def test_same_seed_and_id_give_identical_output_in_any_order(tmp_path):
 def test_sparsify_list_writes_a_trainable_list_and_a_manifest(tmp_path):
     root = make_synthetic_dataset(tmp_path / "data", n_train=4, n_val=1, size=32)
     spec = create_dataset_spec(DataConfig(dataset="synthetic", root=str(root)))
-    out = tmp_path / "outside"  # not under the root: list paths go through '..'
+    out = tmp_path / "outside"  # not under the root: mask paths are absolute, never '../..' chains
     manifest = sparsify_list(root / "train.txt", root, spec, "clicks", 0, out, n=10)
     assert manifest["params"] == {"n": 10, "diameter": 3, "stratified": False, "void_as": "unlabeled"}
     assert json.loads((out / "manifest.json").read_text())["summary"]["images"] == 4
     first = (out / "train.txt").read_text().splitlines()[0].split()
-    assert first[0] == "images/train_0000.png" and first[1].startswith("../")
+    assert first == ["images/train_0000.png", (out / "images" / "train_0000.png").resolve().as_posix()]
     cfg = DataConfig(dataset="synthetic", root=str(root), train_list=str(out / "train.txt"), label_format="sparse")
     item = build_dataset(cfg, "train_list", labeled=True, transform=EvalTransform())[0]
     record = manifest["images"]["images/train_0000"]
@@ -184,3 +184,11 @@ def test_cli_sparsify(tmp_path, capsys):
     assert (root / "sp" / "train.txt").read_text().splitlines()[0].split()[1] == "sp/images/train_0000.png"
     assert main(["inspect-labels", str(root / "sp"), "--num-classes", "5"]) == 0
     assert "guessed format: canonical" in capsys.readouterr().out
+
+
+def test_sparsify_list_inside_the_root_writes_root_relative_paths(tmp_path):
+    root = make_synthetic_dataset(tmp_path / "data", n_train=2, n_val=1, size=32)
+    spec = create_dataset_spec(DataConfig(dataset="synthetic", root=str(root)))
+    sparsify_list(root / "train.txt", root, spec, "clicks", 0, root / "sparse" / "clicks", n=10)
+    first = (root / "sparse" / "clicks" / "train.txt").read_text().splitlines()[0].split()
+    assert first == ["images/train_0000.png", "sparse/clicks/images/train_0000.png"]

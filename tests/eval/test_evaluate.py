@@ -67,6 +67,8 @@ def test_expected_miou_on_stand_in_dataset(cfg):
     assert result.num_images == 2
     assert torch.equal(result.confusion, torch.tensor([[3, 0], [2, 3]]))
     assert result.pixel_accuracy == pytest.approx(6 / 8 * 100)
+    assert result.accuracy == pytest.approx([100.0, 60.0])  # 3 of 3, 3 of 5 labeled pixels
+    assert result.mean_accuracy == pytest.approx(80.0)
 
 
 def test_restores_each_module_mode():
@@ -159,4 +161,7 @@ def test_table_from_evaluate():
     assert result.mode == "whole image, single scale"
     lines = format_table(result).splitlines()
     assert lines[-1] == "mIoU: 60.00"
+    assert lines[-2] == "pixel accuracy: 75.00, mean accuracy: 80.00"
+    assert any("bg" in line and "60.00" in line and "100.00" in line for line in lines)  # IoU 60, Acc 100
+    assert json.loads(json.dumps(result.to_dict()))["mean_accuracy"] == pytest.approx(80.0)
     assert any("bg" in line and "60.00" in line for line in lines)

@@ -173,7 +173,14 @@ def test_sliding_window_needs_a_crop_size():
 
 def test_invalid_scales_and_stride():
     with pytest.raises(ValueError, match="scales"):
-        predict_probs(PixelModel(), torch.rand(1, 3, 8, 8), K, EvalConfig(scales=[]))
-    cfg = EvalConfig(mode="sliding_window", crop_size=(4, 4), stride=(0, 2))
+        EvalConfig(scales=[])
     with pytest.raises(ValueError, match="stride"):
-        predict_probs(PixelModel(), torch.rand(1, 3, 8, 8), K, cfg)
+        EvalConfig(mode="sliding_window", crop_size=(4, 4), stride=(0, 2))
+    # inference checks them too, for configs built without validation
+    unchecked = EvalConfig.model_construct(scales=[], mode="whole", flip=False)
+    with pytest.raises(ValueError, match="scales"):
+        predict_probs(PixelModel(), torch.rand(1, 3, 8, 8), K, unchecked)
+    unchecked = EvalConfig.model_construct(mode="sliding_window", crop_size=(4, 4), stride=(0, 2), scales=[1.0],
+                                           flip=False)
+    with pytest.raises(ValueError, match="stride"):
+        predict_probs(PixelModel(), torch.rand(1, 3, 8, 8), K, unchecked)

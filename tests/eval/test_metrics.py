@@ -75,3 +75,12 @@ def test_all_reduce_without_distributed_is_a_no_op():
     before = cm.matrix.clone()
     assert cm.all_reduce() is cm
     assert torch.equal(cm.matrix, before)
+
+
+def test_class_and_mean_accuracy():
+    cm = ConfusionMatrix(4)
+    cm.update(PRED, TARGET)  # rows (gt): [1,1,0,0], [0,2,1,0], [1,0,2,0], [0,0,0,0]
+    assert cm.class_accuracy()[:3].tolist() == pytest.approx([1 / 2, 2 / 3, 2 / 3])
+    assert math.isnan(cm.class_accuracy()[3])  # no labeled pixel: not part of the mean
+    assert cm.mean_accuracy() == pytest.approx((1 / 2 + 2 / 3 + 2 / 3) / 3 * 100)
+    assert math.isnan(ConfusionMatrix(2).mean_accuracy())
