@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model from a YAML config")
     p.add_argument("config", help="YAML config, e.g. configs/camvid/supervised.yaml")
     _add_set(p)
-    p.add_argument("--out", help="run directory (default: the config's `out`)")
+    p.add_argument("--out", help="run directory (default: the config's `out`, else runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--overwrite", action="store_true", help="start over even if OUT/last.pt exists")
 
@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace labels made with other settings in OUT")
 
     p = sub.add_parser("inspect-labels", help="value histogram, labeled fraction and guessed format of label PNGs")
-    p.add_argument("paths", nargs="+", metavar="PNG_OR_DIR")
+    p.add_argument("paths", nargs="+", metavar="PNG_OR_DIR", help="label PNG files or folders (searched recursively)")
     p.add_argument("--num-classes", type=int, required=True, help="K (VOC 21, Cityscapes 19, CamVid 11)")
     p.add_argument("--max-files", type=int, default=1000, help="inspect at most this many, evenly spread")
     return parser

@@ -145,3 +145,52 @@ def test_fp16_needs_cuda_and_dense_methods_refuse_sparse_lists(tmp_path, data_ro
     assert "fp16 needs a CUDA device" in capsys.readouterr().err
     assert main(["train", str(cfg), "--set", "data.label_format=sparse"]) == 2
     assert "needs dense labels" in capsys.readouterr().err
+
+
+def test_version_and_help_for_every_argument(capsys):
+    import argparse
+
+    from sparseg.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip().startswith("sparseg ")
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            assert action.help, f"sparseg {name} {action.dest} has no help text"
+        text = " ".join(sub.format_help().split())
+        for action in sub._actions:  # choices and meaningful defaults are shown
+            if action.choices and action.option_strings:
+                assert "{" + ",".join(action.choices) + "}" in text, (name, action.dest)
+            if action.default not in (None, False, [], argparse.SUPPRESS) and action.option_strings:
+                assert f"default: {action.default}" in text, (name, action.dest)
+
+
+def test_splits_detects_the_layout_and_keeps_an_existing_split(tmp_path, data_root, capsys):
+    out = tmp_path / "split"
+    # the synthetic list's masks derive from image paths: no --dataset needed
+    (data_root / "images_only.txt").write_text("\n".join(
+        line.split()[0] for line in (data_root / "train.txt").read_text().splitlines()))
+    assert main(["splits", str(data_root / "images_only.txt"), "--labeled", "1/4", "--out", str(out)]) == 0
+    assert len((out / "labeled.txt").read_text().splitlines()) == 3
+    before = (out / "labeled.txt").read_text()
+    assert main(["splits", str(data_root / "images_only.txt"), "--labeled", "1/2", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (out / "labeled.txt").read_text() == before
+    assert main(["splits", str(data_root / "images_only.txt"), "--labeled", "1/2", "--out", str(out),
+                 "--overwrite"]) == 0
+    assert len((out / "labeled.txt").read_text().splitlines()) == 6
+    (data_root / "ids.txt").write_text("nowhere_0\nnowhere_1\n")
+    assert main(["splits", str(data_root / "ids.txt"), "--labeled", "1", "--out", str(tmp_path / "s2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no dataset layout resolves this list" in err[0] and "--dataset" in err[0]
+
+
+def test_default_run_folder_is_per_config_name(tmp_path, data_root, monkeypatch):
+    cfg = write_config(tmp_path, data_root, iters=1)
+    named = tmp_path / "tiny_run.yaml"
+    named.write_text("\n".join(line for line in cfg.read_text().splitlines() if not line.startswith("out:")))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", str(named)]) == 0
+    assert (tmp_path / "runs" / "tiny_run" / "last.pt").exists()

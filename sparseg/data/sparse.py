@@ -210,6 +210,7 @@ class LabelReport:
     reason: str
     labeled_fraction: float | None  # under the guessed encoding (None when unknown)
     files_with_issue: dict[str, list[str]] = field(default_factory=dict)  # issue -> the files showing it
+    mapping_hint: str | None = None  # a data.mask_mapping suggestion for raw values that are not class ids
 
     def summary(self) -> str:
         total = int(self.histogram.sum())
@@ -224,7 +225,23 @@ class LabelReport:
             lines.append(f"labeled fraction of in-image pixels: {self.labeled_fraction:.3%}")
         for issue, files in self.files_with_issue.items():
             lines.append(f"{issue}: {len(files)} file(s), e.g. {files[0]}")
+        if self.mapping_hint:
+            lines.append(self.mapping_hint)
         return "\n".join(lines)
+
+
+def mask_mapping_hint(histogram: np.ndarray, num_classes: int) -> str | None:
+    """A ``data.mask_mapping`` suggestion when the raw values look like classes stored as other numbers:
+    0/255 binary masks (255 would be read as ignore), or at most K values not all below K."""
+    values = np.flatnonzero(histogram).tolist()
+    if values == [0, IGNORE] and num_classes >= 2:
+        return ("suggestion: the masks hold only 0 and 255; if 255 marks a class (binary masks) rather than "
+                "ignore, set data.mask_mapping: {0: 0, 255: 1}")
+    if len(values) <= num_classes and max(values, default=0) >= num_classes and IGNORE not in values:
+        mapping = ", ".join(f"{v}: {i}" for i, v in enumerate(values))
+        return (f"suggestion: the {len(values)} values are not class ids 0..{num_classes - 1}; "
+                f"if each is a class, set data.mask_mapping: {{{mapping}}}")
+    return None
 
 
 def guess_encoding(histogram: np.ndarray, num_classes: int) -> tuple[str, str]:
@@ -272,6 +289,7 @@ def inspect_labels(paths: Sequence[str | Path], num_classes: int) -> LabelReport
     report = LabelReport(len(per_file), num_classes, histogram, guess, reason, None)
     if unreadable:
         report.files_with_issue["not single-channel 8-bit (skipped)"] = unreadable
+    report.mapping_hint = mask_mapping_hint(histogram, num_classes)
     if guess in ENCODINGS:
         lut = _lut(guess, num_classes)
         canonical = np.bincount(lut, weights=histogram, minlength=256)

@@ -192,3 +192,14 @@ def test_dense_looking_sparse_list_warns_once(sparse_root):
         warnings.simplefilter("always")
         dataset[0], dataset[1]
     assert len(caught) == 1 and "no unlabeled (254) pixel" in str(caught[0].message)
+
+
+def test_inspect_labels_suggests_a_mask_mapping(tmp_path):
+    binary = np.zeros((8, 8), np.uint8)
+    binary[2:5, 2:5] = 255
+    report = inspect_labels([write_png(tmp_path / "binary.png", binary)], 2)
+    assert "data.mask_mapping: {0: 0, 255: 1}" in report.summary()
+    gray = np.where(binary == 255, 128, 0).astype(np.uint8)
+    assert "data.mask_mapping: {0: 0, 128: 1}" in inspect_labels([write_png(tmp_path / "gray.png", gray)], 2).summary()
+    dense = np.arange(64, dtype=np.uint8).reshape(8, 8) % 3
+    assert "mask_mapping" not in inspect_labels([write_png(tmp_path / "dense.png", dense)], 3).summary()
