@@ -224,3 +224,13 @@ def test_skip_replaces_an_unreadable_unlabeled_image_by_the_next_one(setup):
     with pytest.warns(UserWarning, match=first_train_image(root).name):
         assert dataset[0]["index"].item() == 1
     assert dataset[0]["index"].item() == 1 and dataset.skipped == {first_train_image(root)}
+
+
+def test_resume_with_another_method_names_the_first_missing_tensor(setup, capsys):
+    _, cfg, last, good = setup
+    capsys.readouterr()
+    assert main(["train", str(cfg), "--resume", "--set", "method.name=selftrain", "data.labeled_list=train.txt",
+                 "data.unlabeled_list=val.txt", "data.unlabeled_batch_size=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not fit this model" in err[0] and "missing, first teacher." in err[0], err
+    assert last.read_bytes() == good.read_bytes()

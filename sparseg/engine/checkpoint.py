@@ -69,5 +69,5 @@ def load_module_state(module: torch.nn.Module, state: dict[str, torch.Tensor], s
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected, first {unexpected[0]}")
         raise CheckpointError(f"{source} does not fit this model ({'; '.join(parts)}): "
-                              "was it trained with other model.* settings or class count?")
+                              "was it written with other model.* or method settings or another class count?")
     module.load_state_dict(state)

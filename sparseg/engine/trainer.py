@@ -26,7 +26,7 @@ from sparseg.data import (
     create_dataset_spec,
     shard_indices,
 )
-from sparseg.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from sparseg.engine.checkpoint import CheckpointError, load_checkpoint, load_module_state, save_checkpoint
 from sparseg.engine.distributed import DistInfo, init_distributed, resolve_device
 from sparseg.engine.logger import RunLogger, plot_curves
 from sparseg.engine.optim import build_optimizer, poly_factor, scaled_lr, set_lr
@@ -372,7 +372,7 @@ class Trainer:
             raise CheckpointError(
                 f"{path} was written for {state['total_iters']} iterations but this run has {self.total_iters}"
             )
-        self.method.load_state_dict(state["method"])
+        load_module_state(self.method, state["method"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.iteration = state["iteration"]
