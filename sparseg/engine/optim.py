@@ -35,9 +35,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.opti
     return torch.optim.SGD(param_groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def poly_factor(iteration: int, total_iters: int, power: float) -> float:
-    """lr_i = lr0 (1 - i/T)^power; iteration 0 uses lr0 (dgcl.md §2)."""
-    return (1.0 - iteration / total_iters) ** power
+def poly_factor(iteration: int, total_iters: int, power: float, shift: int = 0) -> float:
+    """lr_i = lr0 (1 - max(i - shift, 0)/T)^power; iteration 0 uses lr0 (dgcl.md §2). ``shift`` 1 is the
+    references' order: they set lr(i) after step i, so step i runs at lr(i - 1) (``optim.lr_schedule_shift``)."""
+    return (1.0 - max(iteration - shift, 0) / total_iters) ** power
 
 
 def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:

@@ -253,7 +253,8 @@ class Trainer:
 
     def _train_step(self, batch: dict[str, dict[str, torch.Tensor]], epoch: int) -> None:
         step = Step(self.iteration, epoch, self.iters_per_epoch, self.total_iters)
-        factor = poly_factor(self.iteration, self.total_iters, self.cfg.optim.poly_power)
+        optim = self.cfg.optim
+        factor = poly_factor(self.iteration, self.total_iters, optim.poly_power, optim.lr_schedule_shift)
         set_lr(self.optimizer, factor)
         with self._autocast():
             losses = self.ddp(batch, step)
