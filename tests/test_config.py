@@ -155,3 +155,10 @@ def test_default_run_folder_follows_the_config_name(tmp_path):
     assert load_config(path, ["out=elsewhere"]).out == "elsewhere"
     path.write_text("out: there\n")
     assert load_config(path).out == "there"
+
+
+@pytest.mark.parametrize("override", ["method.cutmix_area=[0.5, 1.5]", "method.blur_sigma=[2, 1]",
+                                      "method.cutmix_ratio=[0, 1]"])
+def test_consistency_ranges(override):
+    with pytest.raises(ConfigError, match=f"'{override.split('=')[0]}'"):
+        load_config(None, ["method.name=fixmatch", override])

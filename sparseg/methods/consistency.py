@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor
 
 from sparseg.data.transforms import cutmix, random_area_boxes, strong_photometric
@@ -56,6 +56,15 @@ class ConsistencyConfig(MethodConfig):
     ohem_thresh: float = Field(0.7, gt=0, le=1)
     ohem_min_kept: int = Field(200_000, ge=0)  # per process batch (the reference: per GPU)
     depmatch: dict[str, Any] | None = None  # DepMatch plug-in options (sparseg.plugins.depmatch)
+
+    @field_validator("blur_sigma", "cutmix_area", "cutmix_ratio")
+    @classmethod
+    def _ordered_range(cls, v: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError("need 0 < min <= max")
+        if info.field_name == "cutmix_area" and v[1] > 1:
+            raise ValueError("a fraction of the crop: need max <= 1")
+        return v
 
 
 @dataclass
