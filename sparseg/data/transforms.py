@@ -228,14 +228,15 @@ def strong_photometric(
     blur = _uniform(generator, (b,), 0, 1, device) < p_blur
     sigmas = _uniform(generator, (b,), sigma[0], sigma[1], device)
 
-    for step in range(len(ops)):
-        for op_index, (op, factor) in enumerate(ops):
-            chosen = jitter & (order[:, step] == op_index)
-            if chosen.any():
-                x[chosen] = op(x[chosen], factor[chosen])
-    x = torch.where(gray.view(-1, 1, 1, 1), _grayscale(x).expand_as(x), x)
-    if blur.any():
-        x[blur] = _gaussian_blur(x[blur], sigmas[blur])
+    with torch.autocast(device.type, enabled=False):  # fp32 also inside the trainer's autocast (the blur is a conv)
+        for step in range(len(ops)):
+            for op_index, (op, factor) in enumerate(ops):
+                chosen = jitter & (order[:, step] == op_index)
+                if chosen.any():
+                    x[chosen] = op(x[chosen], factor[chosen])
+        x = torch.where(gray.view(-1, 1, 1, 1), _grayscale(x).expand_as(x), x)
+        if blur.any():
+            x[blur] = _gaussian_blur(x[blur], sigmas[blur])
     return x.to(images.dtype)
 
 

@@ -104,6 +104,15 @@ def test_strong_photometric_range_shape_determinism():
     assert not torch.equal(out, strong_photometric(x, torch.Generator().manual_seed(2)))
 
 
+def test_strong_photometric_is_fp32_inside_autocast():
+    """The trainer runs methods inside autocast: the strong view (its blur is a conv) must not change there."""
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    plain = strong_photometric(x, torch.Generator().manual_seed(3), p_blur=1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = strong_photometric(x, torch.Generator().manual_seed(3), p_blur=1.0)
+    assert inside.dtype == torch.float32 and torch.equal(inside, plain)
+
+
 def test_strong_photometric_parameters_differ_per_image():
     same = images(1).expand(8, -1, -1, -1).contiguous()
     out = strong_photometric(same, torch.Generator().manual_seed(0))
