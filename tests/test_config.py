@@ -124,7 +124,7 @@ def test_unknown_keys_name_their_origin_and_the_nearest_key(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path, ["optim.lr=0.1"])
     assert str(err.value) == "--set: unknown config key 'optim.lr' (did you mean 'optim.base_lr'?)"
-    with pytest.raises(ConfigError, match=r"^.*cfg.yaml: unknown config key 'data.roots' \(did you mean 'data.root'\?\)$"):
+    with pytest.raises(ConfigError, match=r"cfg.yaml: unknown config key 'data.roots' \(did you mean 'data.root'\?\)$"):
         load_config(write(tmp_path, "data:\n  roots: /x\n"))
     # method keys are suggested from the chosen method's own schema
     with pytest.raises(ConfigError, match=r"--set: unknown config key 'method.unsup_weigth' \(did you mean "
