@@ -9,13 +9,18 @@ jobs on a shared machine do not inflate) and its extra peak memory (RSS high-wat
 on CPU, torch.cuda.max_memory_allocated on CUDA), then the per-iteration cost for 21 classes: each
 class's loss density (M = N = 10,000) and memory-update density (1,000 new entries against N).
 
-    python benchmarks/dgcl_density.py [--device cpu|cuda] [--repeats 3] [--chunk-mb MIB]
+    python benchmarks/dgcl_density.py [--device cpu|cuda] [--precision fp32|tf32] [--repeats 3] [--chunk-mb MIB]
+                                      [--json FILE]
+
+``--precision tf32`` runs sparseg's kernel with TF32 matmuls (CUDA only; on a CPU it is fp32); the naive
+kernel and the reference values stay fp32, so the printed error is TF32's. ``--json`` also writes the figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import statistics
 import threading
 import time
@@ -102,6 +107,8 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=21)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunk-mb", type=float, help="default: DEFAULT_CHUNK_MB of the device")
+    parser.add_argument("--precision", choices=("fp32", "tf32"), default="fp32", help="of sparseg's kernel")
+    parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     device = torch.device(args.device)
     g = torch.Generator().manual_seed(0)
@@ -109,19 +116,19 @@ def main() -> None:
     memory = torch.randn(args.n, args.dim, generator=g).relu().to(device)
     normalised_f, normalised_m = F.normalize(features, dim=1), F.normalize(memory, dim=1)
 
-    ours = multiscale_density(features, memory, KS, chunk_mb=args.chunk_mb)
-    error = (ours - naive_density(features, memory)).abs().max().item()
+    def ours(queries: torch.Tensor = features) -> torch.Tensor:
+        return multiscale_density(queries, memory, KS, chunk_mb=args.chunk_mb, precision=args.precision)
+
+    error = (ours() - naive_density(features, memory)).abs().max().item()
     print(f"device {device} ({torch.get_num_threads()} CPU threads), M={args.m} N={args.n} D={args.dim}, "
-          f"ks={KS}, fp32; max |ours - naive| = {error:.2e}")
+          f"ks={KS}, {args.precision}; max |ours - naive (fp32)| = {error:.2e}")
     rows = min(args.m, max(1, int((args.chunk_mb or DEFAULT_CHUNK_MB[device.type]) * 2**20) // (args.n * 4)))
     print(f"ours: chunks of {rows} rows ({rows * args.n * 4 / 2**20:.0f} MiB of similarities)")
 
     results = {
         "floor (bare product)": measure(lambda: normalised_f @ normalised_m.T, device, args.repeats),
         "naive (full matrix, 3 top-k)": measure(lambda: naive_density(features, memory), device, args.repeats),
-        "ours (chunked, 1 top-k)": measure(
-            lambda: multiscale_density(features, memory, KS, chunk_mb=args.chunk_mb), device, args.repeats
-        ),
+        "ours (chunked, 1 top-k)": measure(ours, device, args.repeats),
     }
     # on a CPU shared with other jobs, wall time includes waiting for them: compare process CPU time
     key = 1 if device.type == "cpu" else 0
@@ -137,13 +144,23 @@ def main() -> None:
     new = features[: args.update]
     update = {
         "naive": measure(lambda: naive_density(new, memory), device, args.repeats)[key],
-        "ours": measure(lambda: multiscale_density(new, memory, KS, chunk_mb=args.chunk_mb), device, args.repeats)[key],
+        "ours": measure(lambda: ours(new), device, args.repeats)[key],
     }
     for name, loss_t in (("naive", naive_t), ("ours", ours_t)):
         total = args.classes * (loss_t + update[name])
         print(f"per iteration, {args.classes} classes x (loss density {args.m}x{args.n} + update "
               f"{args.update}x{args.n}), {name}: {total:.2f}s "
               f"({args.classes} x ({loss_t * 1e3:.0f} + {update[name] * 1e3:.0f}) ms)")
+    if args.json:
+        figures = {
+            "device": str(device), "precision": args.precision, "m": args.m, "n": args.n, "dim": args.dim,
+            "max_abs_error_vs_fp32_naive": error, "time_key": "cpu" if key else "wall",
+            "ms": {name: {"wall": wall * 1e3, "cpu": cpu * 1e3} for name, (wall, cpu, _) in results.items()},
+            "extra_peak_mib": {name: extra / 2**20 for name, (_, _, extra) in results.items()},
+            "speedup_over_naive": naive_t / ours_t, "ours_vs_floor": ours_t / floor,
+        }
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,18 @@ process's peak resident set, which includes everything loaded so far).
 
     python benchmarks/throughput.py                       # every VOC recipe, batch 2 + 2
     python benchmarks/throughput.py --configs configs/voc/dgcl.yaml --batch 4 --steps 10
+    python benchmarks/throughput.py --set model.encoder=resnet18 data.crop_size=64 --json rows.json
+
+``--set KEY=VALUE`` overrides every recipe after the benchmark's own overrides (smaller runs); ``--json``
+also writes the rows, with skipped recipes and their reason.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
+from collections.abc import Sequence
 import resource
 import tempfile
 import time
@@ -35,14 +41,15 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def measure(config: str, root: Path, batch: int, steps: int, warmup: int, device: str) -> dict:
+def measure(config: str, root: Path, batch: int, steps: int, warmup: int, device: str,
+            extra: Sequence[str] = ()) -> dict:
     overrides = [
         "data.dataset=synthetic", f"data.root={root}", "data.train_list=train.txt",
         "data.labeled_list=splits/labeled.txt", "data.unlabeled_list=splits/unlabeled.txt",
         "data.val_list=null", f"data.batch_size={batch}", f"data.unlabeled_batch_size={batch}",
         "data.workers=2", "data.num_classes=null", "data.class_names=null", "data.palette=null",
         "model.pretrained=null", f"train.device={device}", "train.iters=null", "train.epochs=1000",
-        "train.eval_every=0", f"out={root / 'runs' / Path(config).stem}",
+        "train.eval_every=0", f"out={root / 'runs' / Path(config).stem}", *extra,
     ]
     cfg = load_config(config, overrides)
     if "warmup_epochs" in method_class(cfg.method["name"]).Config.model_fields:
@@ -78,20 +85,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--image-size", type=int, default=256, help="side of the generated images")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every recipe")
+    parser.add_argument("--json", help="also write the rows (and skipped recipes) to this file")
     args = parser.parse_args()
 
     console = Console(width=160)
     with tempfile.TemporaryDirectory() as tmp:
         # enough images that warm-up and timed steps fit in one epoch of both streams
         n_train = max(32, 2 * args.batch * (args.warmup + args.steps))
-        root = make_synthetic_dataset(Path(tmp) / "data", n_train=n_train, n_val=2, size=256, seed=0)
+        root = make_synthetic_dataset(Path(tmp) / "data", n_train=n_train, n_val=2, size=args.image_size, seed=0)
         spec = create_dataset_spec(load_config(None, ["data.dataset=synthetic", f"data.root={root}"]).data)
         write_splits(root / "train.txt", root, spec, "1/2", 0, root / "splits")
-        rows = []
+        rows, skipped = [], {}
         for config in args.configs:
             try:
-                rows.append(measure(config, root, args.batch, args.steps, args.warmup, args.device))
+                rows.append(measure(config, root, args.batch, args.steps, args.warmup, args.device, args.set))
             except (ConfigError, ValueError) as err:
+                skipped[config] = str(err)
                 console.print(f"[yellow]{config}: skipped ({err})[/yellow]")
     table = Table(title=f"training step throughput, {args.batch} (+{args.batch}) images per step")
     for column in ("config", "method", "crop", "encoder", "amp", "images/s", "s/step", "peak MB", "device"):
@@ -100,6 +111,8 @@ def main() -> None:
         table.add_row(row["config"], row["method"], row["crop"], row["encoder"], row["amp"],
                       f"{row['images/s']:.2f}", f"{row['s/step']:.2f}", f"{row['peak MB']:.0f}", row["device"])
     console.print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "skipped": skipped}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

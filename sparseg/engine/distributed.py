@@ -16,6 +16,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    group: bool = False  # a process group exists (a torchrun launch, even of one process)
 
     @property
     def is_main(self) -> bool:
@@ -23,21 +24,23 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """DDP, SyncBatchNorm (CUDA) and the cross-process checks are on: every torchrun launch."""
+        return self.group
 
 
 def init_distributed(device_kind: str) -> DistInfo:
-    """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK); single
-    process runs never create one. NCCL on CUDA, gloo on CPU or when NCCL is missing."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK), with any number of
+    processes (so `torchrun --nproc_per_node=1` runs NCCL, DDP and SyncBatchNorm on one GPU); a process
+    not started by torchrun never creates one. NCCL on CUDA, gloo on CPU or when NCCL is missing."""
+    if "RANK" not in os.environ:
         return DistInfo()
+    world_size = int(os.environ["WORLD_SIZE"])
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         backend = "nccl" if device_kind == "cuda" and dist.is_nccl_available() else "gloo"
         dist.init_process_group(backend=backend)
-    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, group=True)
 
 
 def resolve_device(name: str, info: DistInfo) -> torch.device:
