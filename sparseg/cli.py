@@ -384,12 +384,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from sparseg.config import ConfigError
     from sparseg.data import DataError, SplitError
     from sparseg.engine.checkpoint import CheckpointError
+    from sparseg.engine.rundir import RunDirError
     from sparseg.engine.trainer import TrainingError
     from sparseg.models import WeightsError
     from sparseg.registry import UnknownNameError
 
-    return (ConfigError, DataError, SplitError, CheckpointError, TrainingError, WeightsError, UnknownNameError,
-            FileNotFoundError, OSError)
+    return (ConfigError, DataError, SplitError, CheckpointError, RunDirError, TrainingError, WeightsError,
+            UnknownNameError, FileNotFoundError, OSError)
 
 
 def describe(err: BaseException) -> str:

@@ -69,9 +69,11 @@ def corrupt_duplicate_line(root):
     return f"train.txt:{len(lines) + 1}"
 
 
-@pytest.mark.parametrize("corrupt", [corrupt_truncated, corrupt_mask_size, corrupt_label_values,
-                                     corrupt_empty_split, corrupt_duplicate_line])
-def test_bad_data_stops_training_without_touching_checkpoint(setup, capsys, corrupt):
+@pytest.mark.parametrize("corrupt, found_up_front", [
+    (corrupt_truncated, False), (corrupt_mask_size, True), (corrupt_label_values, False),
+    (corrupt_empty_split, True), (corrupt_duplicate_line, True),
+])
+def test_bad_data_stops_training_without_losing_the_checkpoint(setup, capsys, corrupt, found_up_front):
     root, cfg, last, good = setup
     named = corrupt(root)
     capsys.readouterr()
@@ -79,7 +81,11 @@ def test_bad_data_stops_training_without_touching_checkpoint(setup, capsys, corr
     assert main(["train", str(cfg), "--overwrite", "--set", "train.iters=8", "data.workers=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and named in err and "Traceback" not in err
-    assert last.read_bytes() == good.read_bytes()
+    previous = list(last.parent.glob("previous-*/last.pt"))
+    if found_up_front:  # refused from the lists and file headers, before the old run was touched
+        assert last.read_bytes() == good.read_bytes() and not previous
+    else:  # found by the loader: --overwrite had moved the old run aside, the new one has no checkpoint
+        assert not last.exists() and [p.read_bytes() for p in previous] == [good.read_bytes()]
 
 
 def test_unknown_config_key(setup, capsys):
@@ -113,11 +119,11 @@ def test_nonfinite_loss_stops_or_skips(setup, capsys, monkeypatch):
     assert main(["train", str(cfg), "--overwrite", "--set", "train.iters=4"]) == 2
     err = capsys.readouterr().err
     assert "non-finite loss at iteration 0: loss = nan, sup = nan" in err
-    assert last.read_bytes() == good.read_bytes()
+    assert [p.read_bytes() for p in last.parent.glob("previous-*/last.pt")] == [good.read_bytes()]
     assert main(["train", str(cfg), "--overwrite", "--set", "train.iters=4", "train.on_nonfinite=skip"]) == 0
     import torch
 
-    assert torch.load(last, weights_only=False)["skipped_steps"] == 4
+    assert torch.load(last, weights_only=True)["skipped_steps"] == 4
 
 
 @pytest.fixture()

@@ -7,9 +7,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-FORMAT_VERSION = 1
+from sparseg.serialization import safe_torch_load
+
+FORMAT_VERSION = 2  # 2: tensors and plain data only (1 also held numpy's RNG state as an array)
+# format 1 files load with numpy's uint32 array reconstruction allowed, and nothing else
+_FORMAT_1_GLOBALS = (np.zeros(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32)))
 
 
 class CheckpointError(RuntimeError):
@@ -36,13 +41,17 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a sparseg checkpoint, refusing missing, truncated or foreign files."""
+    """Load a sparseg checkpoint, refusing missing, truncated or foreign files and, without unpickling
+    them, files holding anything but tensors and plain data (``torch.load(..., weights_only=True)``)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # truncated zip, wrong pickle, ...
+        state = safe_torch_load(path, CheckpointError, "a sparseg checkpoint never does", map_location,
+                                allowed=_FORMAT_1_GLOBALS)
+    except CheckpointError:
+        raise
+    except Exception as err:  # truncated zip, not a torch file, ...
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated and was not loaded ({err})") from None
     if not isinstance(state, dict) or "format_version" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a sparseg checkpoint (no format_version/config)")

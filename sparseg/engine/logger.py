@@ -1,4 +1,4 @@
-"""Run logging: progress bar, metrics.jsonl, TensorBoard events and the curves plot."""
+"""Run logging: progress bar, train.log, metrics.jsonl, TensorBoard events and the curves plot."""
 
 from __future__ import annotations
 
@@ -10,12 +10,16 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 console = Console(stderr=True)
 
 
 class RunLogger:
-    """Writes every logged scalar to ``metrics.jsonl`` and TensorBoard; shows progress."""
+    """Writes every logged scalar to ``metrics.jsonl`` and TensorBoard, messages and scalars as text lines to
+    ``train.log``; shows progress. A resumed run (``fresh=False``) first drops the records written after
+    ``start_iter`` (``metrics.jsonl`` lines; TensorBoard events through ``purge_step``), so no step appears
+    twice; ``train.log`` keeps its history and continues."""
 
     def __init__(
         self, out_dir: Path, total_iters: int, start_iter: int = 0, fresh: bool = True, enabled: bool = True
@@ -34,13 +38,14 @@ class RunLogger:
         out_dir.mkdir(parents=True, exist_ok=True)
         metrics = out_dir / "metrics.jsonl"
         if not fresh and metrics.exists():  # drop records written after the checkpoint we resume from
-            kept = [r for r in metrics.read_text().splitlines() if json.loads(r)["iter"] <= start_iter]
+            kept = [r for r in metrics.read_text().splitlines() if _iteration(r) <= start_iter]
             metrics.write_text("".join(r + "\n" for r in kept))
         self._jsonl = open(metrics, "w" if fresh else "a")
+        self._text = open(out_dir / "train.log", "w" if fresh else "a", encoding="utf-8")
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(out_dir / "tb"))
+            self._writer = SummaryWriter(str(out_dir / "tb"), purge_step=None if fresh else start_iter + 1)
         except ImportError:  # tensorboard is a dependency, but keep training if it is broken
             console.print("[yellow]tensorboard unavailable: no event files will be written[/yellow]")
         if console.is_terminal:
@@ -64,6 +69,9 @@ class RunLogger:
         record = {"iter": iteration, "split": split, **values}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
+        scalars = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                           for k, v in values.items() if not isinstance(v, list))  # per-class lists: jsonl only
+        self._write_text(f"iter {iteration}/{self.total_iters} {split}: {scalars}")
         if self._writer is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
@@ -88,17 +96,34 @@ class RunLogger:
             self._last_print = now
 
     def message(self, text: str) -> None:
+        """Print ``text`` (rich markup allowed) and append it to ``train.log``."""
         if self.enabled:
             console.print(text)
+            self._write_text(Text.from_markup(text).plain)
+
+    def _write_text(self, line: str) -> None:
+        if not self._text.closed:
+            self._text.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+            self._text.flush()
 
     def close(self) -> None:
-        if not self.enabled:
+        """Stop the progress bar and close the files (a second call does nothing)."""
+        if not self.enabled or self._jsonl.closed:
             return
         if self._progress is not None:
             self._progress.stop()
         if self._writer is not None:
             self._writer.close()
         self._jsonl.close()
+        self._text.close()
+
+
+def _iteration(record: str) -> float:
+    """The ``iter`` of a metrics.jsonl line; a fragment left by a crash counts as after every checkpoint."""
+    try:
+        return json.loads(record)["iter"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def plot_curves(metrics_path: Path, out_path: Path) -> None:

@@ -30,6 +30,7 @@ from sparseg.engine.checkpoint import CheckpointError, load_checkpoint, load_mod
 from sparseg.engine.distributed import DistInfo, init_distributed, resolve_device
 from sparseg.engine.logger import RunLogger, plot_curves
 from sparseg.engine.optim import build_optimizer, poly_factor, scaled_lr, set_lr
+from sparseg.engine.rundir import RunLock, check_run_dir, claim_run_dir
 from sparseg.eval import EvalResult, evaluate
 from sparseg.methods import create_method
 from sparseg.methods.base import Method, MethodContext, Step
@@ -47,15 +48,23 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's random states as tensors and plain data (checkpoints load with weights_only=True)."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "python": random.getstate(),  # (version, tuple of 625 ints, gauss_next): plain already
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore ``rng_state()`` (numpy keys as a tensor, or as the uint32 array of format-1 checkpoints)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -92,9 +101,14 @@ class Trainer:
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.seed + self.dist.rank)
+        if self.dist.is_main:  # fail fast; checked again under the run folder's lock below
+            check_run_dir(self.out_dir, resume, overwrite)
 
         self.spec = create_dataset_spec(cfg.data)
         self.num_classes = self.spec.num_classes
+        self.val_dataset = (  # built (and its files checked) before the model
+            build_dataset(cfg.data, "val_list", labeled=True, transform=EvalTransform()) if cfg.data.val_list else None
+        )
         self.method = build_method(cfg, self.num_classes, self.dist).to(self.device)
         if cfg.train.channels_last:
             self.method.to(memory_format=torch.channels_last)
@@ -126,9 +140,6 @@ class Trainer:
         self.lr = scaled_lr(cfg.optim, self.global_batch)
         self.optimizer = build_optimizer(self.method.model, cfg.optim, self.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp == "fp16")
-        self.val_dataset = (
-            build_dataset(cfg.data, "val_list", labeled=True, transform=EvalTransform()) if cfg.data.val_list else None
-        )
         self.iteration = 0
         self.skipped_steps = 0
         self.best_miou = -1.0
@@ -136,12 +147,17 @@ class Trainer:
         last = self.out_dir / "last.pt"
         if resume:
             self._resume(last)
-        elif last.exists() and not overwrite:
-            raise TrainingError(f"{last} exists: pass --resume to continue that run or --overwrite to start over")
+        # the main process writes the run folder: lock it, and move an overwritten run aside
+        self.run_lock: RunLock | None = None
+        moved_to = None
+        if self.dist.is_main:
+            self.run_lock, moved_to = claim_run_dir(self.out_dir, resume, overwrite)
         self.logger = RunLogger(
             self.out_dir, self.total_iters, start_iter=self.iteration, fresh=not resume,
             enabled=self.dist.is_main and not quiet,
         )
+        if moved_to is not None:
+            self.logger.message(f"the previous run's files were moved to {moved_to}")
         if resume:
             self.logger.message(f"resumed from {last} at iteration {self.iteration}")
             if self.resume_note:
@@ -222,7 +238,21 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def fit(self) -> EvalResult | None:
+        """Train to ``total_iters`` and evaluate; the run folder is released at the end, also on errors."""
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the logs and release the run folder's lock (a second call does nothing)."""
+        self.logger.close()
+        if self.run_lock is not None:
+            self.run_lock.release()
+
+    def _fit(self) -> EvalResult | None:
         cfg, t = self.cfg, self.cfg.train
+        started = time.perf_counter()
         self.logger.message(
             f"training '{cfg.method['name']}' for {self.total_iters} iterations ({self.iters_per_epoch}/epoch), "
             f"global batch {self.global_batch}, lr {self.lr:g} (base {cfg.optim.base_lr:g}"
@@ -246,6 +276,7 @@ class Trainer:
                 if done >= self.total_iters:
                     break
         result = self._evaluate_and_checkpoint()
+        self.logger.message(f"finished in {time.perf_counter() - started:.0f}s; checkpoints in {self.out_dir}")
         self.logger.close()
         if self.dist.is_main and (self.out_dir / "metrics.jsonl").exists():
             plot_curves(self.out_dir / "metrics.jsonl", self.out_dir / "curves.png")
@@ -321,8 +352,21 @@ class Trainer:
                     buffer /= self.dist.world_size
 
     def _evaluate_and_checkpoint(self) -> EvalResult | None:
+        """Write last.pt, then evaluate (a crash in evaluation leaves the checkpoint). An improvement writes
+        best.pt and last.pt again, so last.pt holds the best mIoU including its own evaluation and a resumed
+        run never replaces best.pt by a worse model. Evaluation draws no random numbers: the RNG state saved
+        before it is the one after it."""
         self._check_in_sync()
         self._average_buffers()
+        rng = rng_state()
+        if self.dist.enabled:  # every process's RNG, so each resumes exactly where it was
+            states = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(states, rng)
+            rng = {"per_rank": states}
+        state = None
+        if self.dist.is_main:
+            state = self._state(rng)
+            save_checkpoint(self.out_dir / "last.pt", state)
         primary = None
         if self.val_dataset is not None:
             results = self.evaluate()
@@ -334,18 +378,12 @@ class Trainer:
                 f"iter {self.iteration}: val mIoU "
                 + ", ".join(f"{k} {r.miou:.2f}" for k, r in results.items())
             )
-        rng = rng_state()
-        if self.dist.enabled:  # every process's RNG, so each resumes exactly where it was
-            states = [None] * self.dist.world_size
-            torch.distributed.all_gather_object(states, rng)
-            rng = {"per_rank": states}
-        if self.dist.is_main:
-            state = self._state(rng)
-            save_checkpoint(self.out_dir / "last.pt", state)
-            if primary is not None and primary.miou > self.best_miou:
+            if primary.miou > self.best_miou:
                 self.best_miou = primary.miou
-                state["best_miou"] = self.best_miou
-                save_checkpoint(self.out_dir / "best.pt", state)
+                if state is not None:
+                    state["best_miou"] = self.best_miou
+                    save_checkpoint(self.out_dir / "best.pt", state)
+                    save_checkpoint(self.out_dir / "last.pt", state)
         return primary
 
     def _state(self, rng: dict[str, Any]) -> dict[str, Any]:
@@ -394,8 +432,6 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> EvalRes
     trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
     if trainer.iteration >= trainer.total_iters:
         trainer.logger.message(f"{cfg.out}/last.pt already finished {trainer.total_iters} iterations")
+        trainer.close()
         return None
-    started = time.perf_counter()
-    result = trainer.fit()
-    trainer.logger.message(f"finished in {time.perf_counter() - started:.0f}s; checkpoints in {cfg.out}")
-    return result
+    return trainer.fit()

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
+
+from sparseg.serialization import safe_torch_load
 
 LAYOUTS = ("auto", "deepstem", "torchvision", "timm", "mmseg")
 
@@ -70,12 +71,12 @@ def _read(source: str | Path | Mapping[str, Any]) -> tuple[Any, str]:
     if not path.is_file():
         raise WeightsError(f"encoder weights file not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True), str(path)
-    except Exception as err:  # torch raises many types for corrupt or unsafe files
-        raise WeightsError(
-            f"cannot read encoder weights file {path}: {err}\n"
-            "It must be a torch.save checkpoint that loads with weights_only=True."
-        ) from err
+        why = "encoder weights need only tensors: re-save its state dict where you trust the file"
+        return safe_torch_load(path, WeightsError, why), str(path)
+    except WeightsError:
+        raise
+    except Exception as err:  # truncated, not a torch file, ...
+        raise WeightsError(f"cannot read encoder weights file {path}: {err}") from err
 
 
 def _holds_tensors(obj: Any, depth: int = 2) -> bool:

@@ -44,3 +44,38 @@ def test_failed_write_keeps_previous(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_random_states_round_trip_through_a_plain_checkpoint(tmp_path):
+    """RNG states are stored as tensors and plain data (weights_only loads them) and restore exactly."""
+    import random
+
+    import numpy as np
+
+    from sparseg.engine.trainer import rng_state, set_rng_state
+
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    np.random.normal()  # numpy caches the second gaussian: part of the state too
+    save_checkpoint(tmp_path / "last.pt", {"config": {}, "rng": rng_state()})
+    expected = (random.random(), np.random.normal(), torch.rand(1))
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    set_rng_state(torch.load(tmp_path / "last.pt", weights_only=True)["rng"])
+    assert (random.random(), np.random.normal()) == expected[:2] and torch.equal(torch.rand(1), expected[2])
+
+
+def test_format_1_checkpoint_with_numpy_random_state_still_loads(tmp_path):
+    """Checkpoints written before format 2 held numpy's RNG state as an array: only that is allowed extra."""
+    import random
+
+    import numpy as np
+
+    from sparseg.engine.trainer import set_rng_state
+
+    np.random.seed(5)
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    expected = np.random.rand()
+    path = tmp_path / "old.pt"
+    torch.save({"format_version": 1, "config": {}, "rng": rng}, path)
+    np.random.seed(0)
+    set_rng_state(load_checkpoint(path)["rng"])
+    assert np.random.rand() == expected

@@ -35,8 +35,8 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "2 process(es)" in run.stderr
 
-    one = torch.load(tmp_path / "one" / "last.pt", weights_only=False)["method"]
-    two = torch.load(tmp_path / "two" / "last.pt", weights_only=False)["method"]
+    one = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["method"]
+    two = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["method"]
     from sparseg.config import load_config
     from sparseg.engine.trainer import build_method, seed_everything
 

@@ -1,0 +1,164 @@
+"""The run folder: one training at a time, and a run that is new, resumed or overwritten, never mixed.
+
+- ``OUT/train.lock`` holds the pid and host of the training that writes the folder; a second training is
+  refused while that process lives (a lock left by a dead process on this host is taken over).
+- A folder holding a run's files is continued with ``--resume`` (which needs ``last.pt``) or started over
+  with ``--overwrite``, which moves those files into ``OUT/previous-<time>/``; nothing is deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+import weakref
+from pathlib import Path
+
+LOCK_NAME = "train.lock"
+# everything a run writes into its folder (`sparseg analyze` and the demo's predictions included)
+RUN_FILES = ("last.pt", "best.pt", "pretrained.pt", "config.yaml", "metrics.jsonl", "train.log", "tb",
+             "curves.png", "predictions", "analysis")
+
+
+class RunDirError(RuntimeError):
+    """The run folder is in use, or holds a run that was neither resumed nor overwritten."""
+
+
+def run_files(out_dir: Path) -> list[str]:
+    """The names of ``RUN_FILES`` present in ``out_dir``."""
+    return [name for name in RUN_FILES if (out_dir / name).exists()]
+
+
+def check_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a folder that this training would mix with another run's files."""
+    if resume and overwrite:
+        raise RunDirError("--resume continues OUT/last.pt and --overwrite starts over: pass one of them")
+    found = run_files(out_dir)
+    last = out_dir / "last.pt"
+    if resume and not last.is_file():
+        held = f" ({out_dir} holds {', '.join(found)}; --overwrite starts over)" if found else ""
+        raise RunDirError(f"nothing to resume: {last} does not exist{held}")
+    if found and not resume and not overwrite:
+        if "last.pt" in found:
+            raise RunDirError(f"{last} exists: pass --resume to continue that run or --overwrite to start over "
+                              f"(its files are moved into {out_dir}/previous-<time>/)")
+        raise RunDirError(f"{out_dir} holds another run's {', '.join(found)} but no last.pt: pass --overwrite to "
+                          f"move them into {out_dir}/previous-<time>/ and start over, or choose another --out")
+
+
+def move_aside(out_dir: Path) -> Path | None:
+    """Move the run files in ``out_dir`` into a new ``out_dir/previous-<time>/``; return it (None: nothing)."""
+    found = run_files(out_dir)
+    if not found:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for suffix in ("", *(f"-{n}" for n in range(1, 100))):
+        target = out_dir / f"previous-{stamp}{suffix}"
+        try:
+            target.mkdir()
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise RunDirError(f"{out_dir}: cannot find a free previous-{stamp}-N folder name")
+    for name in found:
+        os.replace(out_dir / name, target / name)
+    return target
+
+
+def _owner_alive(owner: dict) -> bool:
+    """Whether the process named in a lock may still run (only a pid on this host can be checked)."""
+    if owner.get("host") != socket.gethostname() or sys.platform == "win32":  # os.kill(pid, 0) kills on Windows
+        return True
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _read_lock(path: Path) -> tuple[str, dict | None]:
+    """A lock file's text and the owner it names (None when unreadable)."""
+    try:
+        text = path.read_text()
+        owner = json.loads(text)
+    except (OSError, ValueError):
+        return "", None
+    return text, owner if isinstance(owner, dict) and "pid" in owner else None
+
+
+def _remove_if_ours(path: Path, content: str) -> None:
+    """Delete the lock file if it still holds ``content`` (never another process's newer lock)."""
+    try:
+        if path.read_text() == content:
+            path.unlink()
+    except OSError:
+        pass  # already gone or the folder was removed: nothing is held
+
+
+class RunLock:
+    """An exclusive claim on a run folder (``OUT/train.lock``), released by ``release()``, at garbage
+    collection or at interpreter exit; a process killed outright leaves a stale lock that the next
+    training on the same host takes over."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.path = out_dir / LOCK_NAME
+        self._release: weakref.finalize | None = None
+
+    def acquire(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        content = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                              "started": time.strftime("%Y-%m-%d %H:%M:%S"), "token": os.urandom(8).hex()})
+        for attempt in range(2):
+            if self._create(content):
+                self._release = weakref.finalize(self, _remove_if_ours, self.path, content)
+                return
+            text, owner = _read_lock(self.path)
+            stale = owner is not None and not _owner_alive(owner)
+            if attempt == 0 and (stale or not self.path.exists()):  # its process is gone, or it was just released
+                if stale:
+                    _remove_if_ours(self.path, text)
+                continue
+            break
+        held = (f"pid {owner['pid']} on {owner.get('host', '?')} since {owner.get('started', '?')}"
+                if owner else "an unreadable lock file")
+        raise RunDirError(f"{self.out_dir} is in use by another training ({held}); wait for it or choose another "
+                          f"--out (delete {self.path} if no training runs there)")
+
+    def _create(self, content: str) -> bool:
+        """Create the lock file complete and atomically (link of a written temporary file); False if held."""
+        fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=f".{LOCK_NAME}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(content)
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
+    def release(self) -> None:
+        if self._release is not None:
+            self._release()
+
+
+def claim_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> tuple[RunLock, Path | None]:
+    """Lock ``out_dir``, check it again under the lock and, with ``overwrite``, move the old run aside.
+
+    Returns the lock (release it when the training ends) and where the old run went (None: nowhere).
+    """
+    lock = RunLock(out_dir)
+    lock.acquire()
+    try:
+        check_run_dir(out_dir, resume, overwrite)
+        return lock, move_aside(out_dir) if overwrite else None
+    except BaseException:
+        lock.release()
+        raise
