@@ -8,7 +8,6 @@ import os
 import sys
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 SPLIT_LAYOUTS = ("camvid", "cityscapes", "voc", "folder", "synthetic")  # `sparseg splits` tries them in this order
 
 
@@ -75,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="write palette PNG masks (and overlays) for images")
     p.add_argument("checkpoint", help="a last.pt or best.pt written by sparseg train")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders (searched recursively)")
-    p.add_argument("--out", required=True, help="output folder for the masks")
-    p.add_argument("--overlay", action="store_true", help="also write image/mask overlays")
+    p.add_argument("--out", required=True, help="output folder for the masks: OUT/<path inside the input folder>.png")
+    p.add_argument("--overlay", action="store_true", help="also write image/mask overlays (<name>.overlay.jpg)")
+    p.add_argument("--overwrite", action="store_true", help="replace predictions that exist in OUT")
     p.add_argument("--model", help="which of the method's models to use (default: the method's first)")
     _add_set(p)
 
@@ -219,44 +219,22 @@ def cmd_eval(args) -> int:
 
 
 def _image_paths(inputs: list[str]) -> list[Path]:
-    paths: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif item.is_file():
-            paths.append(item)
-        else:
-            raise FileNotFoundError(f"no such image or directory: {item}")
-    if not paths:
-        raise FileNotFoundError(f"no images found in {', '.join(inputs)}")
-    return paths
+    from sparseg.eval.predict import find_images
+
+    return [path for path, _ in find_images(inputs)]
 
 
 def cmd_predict(args) -> int:
-    import numpy as np
-    import torch
-    from PIL import Image
+    from sparseg.eval.predict import plan_predictions, write_predictions
 
-    from sparseg.eval import predict_probs
-    from sparseg.eval.visualize import overlay, save_mask_png
-
+    plan = plan_predictions(args.inputs, Path(args.out), args.overlay, args.overwrite)  # before any work
     cfg, state, model, _ = load_trained(args.checkpoint, args.overrides, args.model)
     device = _device(cfg)
-    model.to(device)
     palette = [tuple(c) for c in state["palette"]]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for path in _image_paths(args.inputs):
-        try:
-            image = Image.open(path).convert("RGB")
-        except OSError as err:
-            raise OSError(f"cannot read image {path}: {err}") from None
-        x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float().div(255).unsqueeze(0).to(device)
-        mask = predict_probs(model, x, state["num_classes"], cfg.eval).argmax(1)[0].byte().cpu().numpy()
-        save_mask_png(mask, palette, out / f"{path.stem}.png")
-        if args.overlay:
-            overlay(image, mask, palette).save(out / f"{path.stem}_overlay.jpg", quality=90)
-    print(f"wrote predictions to {out}")
+    skipped = write_predictions(model.to(device), plan, state["num_classes"], palette, cfg.eval, device,
+                                on_bad_image=cfg.data.on_bad_image)
+    print(f"wrote {len(plan) - len(skipped)} predictions to {args.out}"
+          + (f"; skipped {len(skipped)} unreadable image(s)" if skipped else ""))
     return 0
 
 
@@ -386,11 +364,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from sparseg.engine.checkpoint import CheckpointError
     from sparseg.engine.rundir import RunDirError
     from sparseg.engine.trainer import TrainingError
+    from sparseg.eval.predict import PredictError
     from sparseg.models import WeightsError
     from sparseg.registry import UnknownNameError
 
-    return (ConfigError, DataError, SplitError, CheckpointError, RunDirError, TrainingError, WeightsError,
-            UnknownNameError, FileNotFoundError, OSError)
+    return (ConfigError, DataError, SplitError, CheckpointError, RunDirError, TrainingError, PredictError,
+            WeightsError, UnknownNameError, FileNotFoundError, OSError)
 
 
 def describe(err: BaseException) -> str:

@@ -61,10 +61,10 @@ def test_train_resume_eval_predict(tmp_path, data_root, capsys):
     assert main(["predict", str(run / "last.pt"), str(data_root / "images"), "--out", str(tmp_path / "pred"),
                  "--overlay"]) == 0
     first = min((data_root / "images").iterdir())
-    mask = Image.open(tmp_path / "pred" / f"{first.stem}.png")
+    mask = Image.open(tmp_path / "pred" / f"{first.name}.png")
     assert mask.mode == "P" and mask.size == Image.open(first).size
     assert np.asarray(mask).max() < 5
-    assert (tmp_path / "pred" / f"{first.stem}_overlay.jpg").exists()
+    assert (tmp_path / "pred" / f"{first.name}.overlay.jpg").exists()
 
 
 def test_resume_is_exact(tmp_path, data_root):

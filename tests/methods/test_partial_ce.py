@@ -65,4 +65,4 @@ method: {{name: {method}, photometric: {str(method == "agmm").lower()}}}
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("mIoU: ")
     assert main(["predict", str(tmp_path / "run" / "last.pt"), str(sparse_data / "images" / "val_0000.png"),
                  "--out", str(tmp_path / "pred")]) == 0
-    assert (tmp_path / "pred" / "val_0000.png").exists()
+    assert (tmp_path / "pred" / "val_0000.png.png").exists()
