@@ -268,7 +268,7 @@ class DepMatch(nn.Module):
             try:
                 cfg = DepMatchConfig(**(cfg or {}))
             except ValidationError as err:
-                raise ConfigError(_format_errors(err, prefix="method.depmatch")) from None
+                raise ConfigError(_format_errors(err, prefix="method.depmatch", schema=DepMatchConfig)) from None
         self.cfg = cfg
         self.num_classes = num_classes
         self.seed = seed

@@ -442,7 +442,7 @@ def test_presets_switches_and_errors():
     default = DepMatchConfig()
     assert (default.lambda_cdp, default.lambda_ur, default.cddp.max_pixels, default.uldr.max_pixels) == (0.03, 0.005, 512, 512)
     assert not default.cross_source_pairs and default.cddp.label_resize == default.uldr.label_resize == "nearest"
-    with pytest.raises(ConfigError, match="method.depmatch.cddp.sigmaa"):
+    with pytest.raises(ConfigError, match=r"method.depmatch.cddp.sigmaa' \(did you mean 'method.depmatch.cddp.sigma'"):
         DepMatch({"cddp": {"sigmaa": 1}}, 3)
     with pytest.raises(ConfigError, match="floor"):
         DepMatch({"uldr": {"floor": True}}, 3)
