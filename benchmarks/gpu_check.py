@@ -249,7 +249,7 @@ def check_run(name: str, cfg_dict: dict[str, Any], amp: str, limit: int) -> dict
                    final_loss=logged[-1]["loss"] if logged else None, val_miou=val[-1] if val else None,
                    grad_scale=trainer.scaler.get_scale() if trainer.scaler.is_enabled() else None)
         del trainer
-    except Exception as err:  # one run's failure must not stop the others
+    except Exception as err:  # noqa: BLE001 (one run's failure must not stop the others)
         row.update(status="fail", problems=[f"{type(err).__name__}: {err}"])
     row["seconds"] = round(time.perf_counter() - started, 2)
     gc.collect()
@@ -352,7 +352,8 @@ def _figures(step: str, record: dict[str, Any] | None) -> str:
         return ""  # one table row per run instead
     if step.startswith("density"):
         ms = record["ms"]["ours (chunked, 1 top-k)"][record["time_key"]]
-        cpu_note = " (TF32 is CUDA-only: fp32 here)" if record["precision"] == "tf32" and record["device"] == "cpu" else ""
+        on_cpu_tf32 = record["precision"] == "tf32" and record["device"] == "cpu"
+        cpu_note = " (TF32 is CUDA-only: fp32 here)" if on_cpu_tf32 else ""
         return (f"{record['precision']}{cpu_note} on {record['device']}, M={record['m']} N={record['n']}: "
                 f"{ms:.1f} ms ({record['time_key']}), "
                 f"{record['speedup_over_naive']:.2f}x naive, {record['ours_vs_floor']:.2f}x bare product, "
@@ -392,7 +393,8 @@ def report(outdir: Path) -> int:
                      f"{note or _figures(s['step'], s['record'])} |")
     runs = [r for s in steps if s["record"] for r in s["record"].get("rows", []) if isinstance(r, dict) and "run" in r]
     if runs:
-        lines += ["", "| run | amp | result | it/s | peak GPU MiB | val mIoU | notes |", "|---|---|---|---|---|---|---|"]
+        lines += ["", "| run | amp | result | it/s | peak GPU MiB | val mIoU | notes |",
+                  "|---|---|---|---|---|---|---|"]
         for r in runs:
             it_s = f"{r['it_s']:.2f}" if r.get("it_s") else ""
             peak = f"{r['peak_gpu_mib']:.0f}" if r.get("peak_gpu_mib") else ""

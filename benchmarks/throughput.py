@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-from collections.abc import Sequence
 import resource
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch

@@ -89,7 +89,8 @@ class OnlineDepth:
             estimator.requires_grad_(False)
             if device.type == "cuda":
                 estimator.half()
-            mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (processor.image_mean, processor.image_std))
+            mean, std = (torch.tensor(values, device=device).view(1, 3, 1, 1)
+                         for values in (processor.image_mean, processor.image_std))
             self._loaded = estimator, mean, std, int(getattr(estimator.config, "patch_size", 14))
         return self._loaded
 

@@ -41,7 +41,8 @@ _DEPTH_EPS = 1e-6
 
 
 def to_disparity(raw: np.ndarray | torch.Tensor, kind: Literal["disparity", "depth"]) -> np.ndarray | torch.Tensor:
-    """Estimator output (array or tensor) as float32 disparity (larger = nearer): ``depth`` outputs become 1/(d + ε) (§3)."""
+    """Estimator output (array or tensor) as float32 disparity (larger = nearer): ``depth`` outputs become
+    1/(d + ε) (§3)."""
     raw = raw.float() if isinstance(raw, torch.Tensor) else np.asarray(raw, dtype=np.float32)
     return raw if kind == "disparity" else 1.0 / (raw.clip(0.0) + _DEPTH_EPS)
 

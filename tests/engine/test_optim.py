@@ -32,7 +32,8 @@ def test_poly_schedule_and_head_multiplier():
 
 def test_lr_schedule_shift_is_the_references_order():
     """UniMatch/DepMatch loops: step i runs at the current LR, then set lr(i) = lr0 (1 - i/T)^0.9 for the next
-    step; so step 0 and step 1 both run at lr0 and step i at lr(i - 1). Shift 0 (sparseg's default) runs step i at lr(i)."""
+    step; so step 0 and step 1 both run at lr0 and step i at lr(i - 1). Shift 0 (sparseg's default) runs step i
+    at lr(i)."""
     total, lr0, current, used = 10, 0.01, 0.01, []
     for i in range(total):
         used.append(current)

@@ -213,7 +213,7 @@ def test_teacher_runs_in_fp32_outside_the_trainers_autocast(name):
     for precision in ("fp32", "amp"):
         method = make_method(name, proj_dim=8 if name == "dgcl" else 0, teacher_precision=precision)
         seen = []
-        method.extra_terms = lambda outputs: seen.append(outputs.teacher_pred) or {}
+        method.extra_terms = lambda outputs, seen=seen: seen.append(outputs.teacher_pred) or {}
         with torch.autocast("cpu", dtype=torch.bfloat16):
             losses = method(batch, step)
             assert method.model(x_teacher[:2])["pred"].dtype == torch.bfloat16  # autocast is on for the student

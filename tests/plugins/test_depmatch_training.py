@@ -41,8 +41,9 @@ def test_fixmatch_with_online_depth_trains_without_depth_maps(tmp_path, tiny_est
                  "workers": 0},
         "model": {"encoder": "resnet18", "stem": "plain", "width": 8, "decoder_channels": 16},
         "train": {"iters": 1, "log_every": 1, "device": "cpu", "amp": "bf16"},
-        "method": {"name": "fixmatch", "depmatch": {"depth_source": "online", "estimator": str(tiny_estimator),
-                                                    "unit": 7.0, "cddp": {"grid_stride": 4}, "uldr": {"grid_stride": 4}}},
+        "method": {"name": "fixmatch", "depmatch": {
+            "depth_source": "online", "estimator": str(tiny_estimator), "unit": 7.0,
+            "cddp": {"grid_stride": 4}, "uldr": {"grid_stride": 4}}},
     }
     write_splits(root / "train.txt", root, create_dataset_spec(config_from_dict(raw).data), "1/4", 0, root / "split")
     train(config_from_dict(raw))
