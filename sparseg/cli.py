@@ -144,6 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PNG_OR_DIR", help="label PNG files or folders (searched recursively)")
     p.add_argument("--num-classes", type=int, required=True, help="K (VOC 21, Cityscapes 19, CamVid 11)")
     p.add_argument("--max-files", type=int, default=1000, help="inspect at most this many, evenly spread")
+
+    p = sub.add_parser("annotate", help="label images with points and scribbles in the browser (docs/annotate.md)")
+    p.add_argument("images", help="image folder, or a split list of images")
+    p.add_argument("--out", required=True, help="label folder: sparse PNGs, train.txt, manifest.json; reopen to resume")
+    p.add_argument("--classes", help="YAML file: names: [...] and optionally palette: [[r, g, b], ...]")
+    p.add_argument("--dataset", help="use a dataset's classes and list rules (camvid, voc, cityscapes, ...)")
+    p.add_argument("--root", help="data root a split list is relative to (default: the list's folder)")
+    p.add_argument("--checkpoint", help="show this model's prediction and where it is unsure")
+    p.add_argument("--model", help="which of the checkpoint's models to use")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (others: a warning, no authentication)")
+    p.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
     return parser
 
 
@@ -344,6 +355,12 @@ def cmd_inspect_labels(args) -> int:
     return 0
 
 
+def cmd_annotate(args) -> int:
+    from sparseg.annotate import run_annotate
+
+    return run_annotate(args, load_trained)
+
+
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
@@ -354,6 +371,7 @@ COMMANDS = {
     "sparsify": cmd_sparsify,
     "inspect-labels": cmd_inspect_labels,
     "depth": cmd_depth,
+    "annotate": cmd_annotate,
 }
 
 

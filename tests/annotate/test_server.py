@@ -1,0 +1,132 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from starlette.testclient import TestClient
+
+from sparseg.annotate import encode_png
+from sparseg.annotate.assist import ModelAssist
+from sparseg.annotate.server import create_app, serve
+from sparseg.config import EvalConfig
+from sparseg.labels import UNLABELED
+
+RAW = {"Content-Type": "application/octet-stream"}
+
+
+@pytest.fixture
+def client(store):
+    return TestClient(create_app(store))
+
+
+def test_session_lists_classes_images_and_progress(client):
+    session = client.get("/api/session").json()
+    assert session["classes"] == ["sky", "road", "car"] and session["palette"][1] == [128, 64, 128]
+    assert [(i["id"], i["width"], i["height"]) for i in session["images"]] == [
+        ("a", 40, 30), ("b", 32, 24), ("sub/c", 20, 16)]
+    assert session["progress"] == {"labeled": 0, "total": 3} and session["model"] is False
+
+
+def test_page_and_images_are_served(client, image_root):
+    page = client.get("/")
+    assert page.status_code == 200 and "static/app.js" in page.text
+    assert client.get("/static/app.js").status_code == 200
+    response = client.get("/api/image/sub/c")
+    assert response.headers["content-type"] == "image/png"
+    assert response.content == (image_root / "sub/c.png").read_bytes()
+    assert client.get("/api/image/b").headers["content-type"] == "image/jpeg"
+
+
+def test_label_round_trip_raw_and_png(client, store):
+    empty = client.get("/api/label/a")
+    assert empty.content == bytes([UNLABELED]) * 1200
+    label = np.full((30, 40), UNLABELED, np.uint8)
+    label[10:13, 5:25] = 2
+    reply = client.put("/api/label/a", content=label.tobytes(), headers=RAW)
+    assert reply.status_code == 200
+    assert reply.json() == {"id": "a", "labeled_pixels": 60, "progress": {"labeled": 1, "total": 3}}
+    assert client.get("/api/label/a").content == label.tobytes()
+    assert np.array_equal(np.asarray(Image.open(store.out / "a.png")), label)
+    label[0, 0] = 0
+    reply = client.put("/api/label/a", content=encode_png(label), headers={"Content-Type": "image/png"})
+    assert reply.status_code == 200
+    assert client.get("/api/label/a").content == label.tobytes()
+    assert client.get("/api/session").json()["images"][0]["labeled_pixels"] == 61
+
+
+@pytest.mark.parametrize("path", [
+    "/api/image/..%2F..%2Fetc%2Fpasswd",
+    "/api/image/%2Fetc%2Fpasswd",
+    "/api/label/..%2Fclasses",
+    "/api/image/link",  # a symlink out of the root: not in the list
+    "/api/image/a.png",  # ids have no suffix
+    "/static/..%2F..%2F__init__.py",
+])
+def test_paths_outside_the_list_are_refused(client, image_root, tmp_path, path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
+    (image_root / "link.png").symlink_to(tmp_path / "outside.png")
+    response = client.get(path)
+    assert response.status_code == 404
+    if path.startswith("/api"):
+        assert "not in the list" in response.json()["error"] or "no image" in response.json()["error"]
+
+
+def test_writes_outside_the_list_are_refused(client, store, tmp_path):
+    response = client.put("/api/label/..%2F..%2Fevil", content=b"\x00", headers=RAW)
+    assert response.status_code == 404 and "no image '../../evil'" in response.json()["error"]
+    assert not store.out.exists() and not (tmp_path.parent / "evil.png").exists()
+
+
+@pytest.mark.parametrize("body, content_type, status, fragment", [
+    (b"\x00" * 1199, "application/octet-stream", 422, "a: label has 1199 bytes; image a is 40x30 = 1200 pixels"),
+    (bytes([3]) * 1200, "application/octet-stream", 422, "label values [3] are not classes 0..2, 254"),
+    (encode_png(np.zeros((30, 40, 3), np.uint8)), "image/png", 422, "mode RGB; expected single-channel"),
+    (encode_png(np.zeros((31, 40), np.uint8)), "image/png", 422, "label is 40x31; image a is 40x30"),
+    (b"\x89PNG\r\n\x1a\n garbage", "image/png", 422, "not a readable PNG"),
+    (b"[1, 2]", "application/json", 415, "send application/octet-stream"),
+    (b"\x00" * 200_000, "application/octet-stream", 413, "over the"),
+])
+def test_bad_payloads_are_refused_with_a_clear_message(client, store, body, content_type, status, fragment):
+    response = client.put("/api/label/a", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == status
+    assert fragment in response.json()["error"]
+    assert not store.label_path("a").exists()
+
+
+def test_loopback_server_refuses_foreign_host_headers(store):
+    client = TestClient(create_app(store, allowed_hosts=["127.0.0.1", "localhost"]), base_url="http://127.0.0.1")
+    assert client.get("/api/session").status_code == 200
+    assert client.get("/api/session", headers={"Host": "attacker.example:8765"}).status_code == 400
+
+
+def test_prediction_maps_class_certainty_and_are_cached(store, half_sure_model):
+    model = half_sure_model
+    assist = ModelAssist(model, EvalConfig(mode="whole"), 3, torch.device("cpu"))
+    client = TestClient(create_app(store, assist))
+    assert client.get("/api/session").json()["model"] is True
+    maps = np.frombuffer(client.get("/api/prediction/a").content, np.uint8).reshape(3, 30, 40)
+    assert (maps[0, :, :20] == 1).all() and (maps[0, :, 20:] == 0).all()
+    assert (maps[1, :, :20] > 250).all() and (maps[1, :, 20:] < 130).all()  # max probability
+    assert (maps[2, :, :20] > 240).all() and (maps[2, :, 20:] < 100).all()  # 1 - normalised entropy
+    client.get("/api/prediction/a")
+    assert model.calls == 1
+
+
+def test_prediction_without_a_model_is_a_clear_404(client):
+    response = client.get("/api/prediction/a")
+    assert response.status_code == 404 and "--checkpoint" in response.json()["error"]
+
+
+def test_serving_off_loopback_warns(store, monkeypatch, capsys):
+    import uvicorn
+
+    served = []
+    def run(self, sockets):
+        served.append(sockets[0].getsockname())
+        sockets[0].close()
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    serve(store, None, "127.0.0.1", 0)
+    out = capsys.readouterr()
+    assert "warning" not in out.err and f"open http://127.0.0.1:{served[0][1]}/" in out.out
+    serve(store, None, "0.0.0.0", 0)
+    assert "warning: serving on 0.0.0.0" in capsys.readouterr().err
