@@ -32,9 +32,11 @@ from sparseg.engine.logger import RunLogger, plot_curves
 from sparseg.engine.optim import build_optimizer, poly_factor, scaled_lr, set_lr
 from sparseg.engine.rundir import RunLock, check_run_dir, claim_run_dir
 from sparseg.eval import EvalResult, evaluate
+from sparseg.eval.probe import linear_probe
 from sparseg.methods import create_method
 from sparseg.methods.base import Method, MethodContext, Step
 from sparseg.models import create_model
+from sparseg.models.weights import pretrained_file
 
 
 class TrainingError(RuntimeError):
@@ -121,6 +123,7 @@ class Trainer:
                 self.method,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False,
+                find_unused_parameters=self.method.unused_parameters,
             )
         else:
             self.ddp = self.method
@@ -171,21 +174,26 @@ class Trainer:
                 f"data.label_format is sparse but method '{cfg.method['name']}' needs dense labels; "
                 "use a sparse-label method (agmm, partial_ce)"
             )
-        semi = "unlabeled" in self.method.streams
-        labeled_key = "labeled_list" if semi else ("train_list" if cfg.data.train_list else "labeled_list")
-        if getattr(cfg.data, labeled_key) is None:
-            raise TrainingError(f"method '{cfg.method['name']}' needs data.{labeled_key}")
-        if semi and cfg.data.unlabeled_list is None:
-            raise TrainingError(f"method '{cfg.method['name']}' needs data.unlabeled_list")
+        # list of each stream: labeled + unlabeled (semi-supervised), labeled only (train_list or labeled_list),
+        # or images only (pretraining: train_list or unlabeled_list, masks never read)
+        streams = self.method.streams
+        semi = "labeled" in streams and "unlabeled" in streams
+        fallback = "train_list" if cfg.data.train_list else None
+        keys = {
+            "labeled": "labeled_list" if semi else fallback or "labeled_list",
+            "unlabeled": "unlabeled_list" if semi else fallback or "unlabeled_list",
+        }
         transform = TrainTransform(cfg.data.crop_size, cfg.data.scale_range, cfg.data.base_size, cfg.data.flip)
-        datasets = {"labeled": build_dataset(cfg.data, labeled_key, labeled=True, transform=transform)}
-        batches = {"labeled": cfg.data.batch_size}
+        datasets = {}
+        for name in streams:
+            if getattr(cfg.data, keys[name]) is None:
+                raise TrainingError(f"method '{cfg.method['name']}' needs data.{keys[name]}")
+            datasets[name] = build_dataset(cfg.data, keys[name], labeled=name == "labeled", transform=transform)
+        batches = {"labeled": cfg.data.batch_size, "unlabeled": cfg.data.unlabeled_batch_size or cfg.data.batch_size}
         if semi:
-            datasets["unlabeled"] = build_dataset(cfg.data, "unlabeled_list", labeled=False, transform=transform)
-            batches["unlabeled"] = cfg.data.unlabeled_batch_size or cfg.data.batch_size
             check_disjoint(datasets["labeled"].entries, datasets["unlabeled"].entries)
         # one epoch = one pass over the unlabeled list (or the labeled one); shorter lists repeat
-        epoch_length = len(datasets["unlabeled" if semi else "labeled"])
+        epoch_length = len(datasets["unlabeled" if "unlabeled" in datasets else "labeled"])
         streams = []
         for salt, name in enumerate(self.method.streams):
             global_batch = batches[name]
@@ -321,10 +329,15 @@ class Trainer:
             n = min(n, self.cfg.train.max_val_images)
         indices = shard_indices(n, self.dist.rank, self.dist.world_size)
         for name, model in self.method.eval_models().items():
-            results[name] = evaluate(
-                model, self.val_dataset, self.cfg.eval, self.num_classes, self.device,
-                indices=indices, class_names=self.spec.class_names,
-            )
+            if self.method.evaluation == "linear_probe":  # pretraining: every process probes the whole list
+                results[name] = linear_probe(model, self.val_dataset, self.num_classes, self.device,
+                                             class_names=self.spec.class_names, max_images=n, seed=self.cfg.seed,
+                                             scale=self.cfg.eval.scales[0])
+            else:
+                results[name] = evaluate(
+                    model, self.val_dataset, self.cfg.eval, self.num_classes, self.device,
+                    indices=indices, class_names=self.spec.class_names,
+                )
         self.method.train()
         return results
 
@@ -367,6 +380,9 @@ class Trainer:
         if self.dist.is_main:
             state = self._state(rng)
             save_checkpoint(self.out_dir / "last.pt", state)
+            if self.method.pretraining:  # what model.pretrained loads (docs/methods/pretrain.md)
+                save_checkpoint(self.out_dir / "pretrained.pt",
+                                pretrained_file(self.method.model, state["config"], self.iteration))
         primary = None
         if self.val_dataset is not None:
             results = self.evaluate()
@@ -375,7 +391,7 @@ class Trainer:
             values = {"miou": primary.miou, **{f"{k}_miou": r.miou for k, r in results.items()}}
             self.logger.log(self.iteration, "val", values)
             self.logger.message(
-                f"iter {self.iteration}: val mIoU "
+                f"iter {self.iteration}: {'probe' if self.method.evaluation == 'linear_probe' else 'val'} mIoU "
                 + ", ".join(f"{k} {r.miou:.2f}" for k, r in results.items())
             )
             if primary.miou > self.best_miou:

@@ -11,13 +11,17 @@ METHODS: Registry = Registry("method")
 register_method = METHODS.register
 
 _SHARED_MODULES = {"base", "losses"}  # helpers, not methods
+# packages whose every module registers methods too: self-supervised pretraining (docs/methods/pretrain.md)
+_METHOD_PACKAGES = (__name__, "sparseg.pretrain")
 
 
 def _import_all() -> None:
-    """Import every method file, so a new method is one new file here."""
-    for info in pkgutil.iter_modules(__path__):
-        if info.name not in _SHARED_MODULES and not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
+    """Import every method file, so a new method is one new file in one of ``_METHOD_PACKAGES``."""
+    for package in _METHOD_PACKAGES:
+        path = importlib.import_module(package).__path__
+        for info in pkgutil.iter_modules(path):
+            if info.name not in _SHARED_MODULES and not info.name.startswith("_"):
+                importlib.import_module(f"{package}.{info.name}")
 
 
 def method_class(name: str):

@@ -60,6 +60,9 @@ class Method(nn.Module):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     streams: ClassVar[tuple[str, ...]] = ("labeled",)
     label_kind: ClassVar[str | None] = None  # set by methods that train from sparse labels (points, ...)
+    pretraining: ClassVar[bool] = False  # self-supervised pretraining (`sparseg pretrain`), no class labels
+    evaluation: ClassVar[str] = "segmentation"  # or "linear_probe": score frozen features (sparseg.eval.probe)
+    unused_parameters: ClassVar[bool] = False  # some model parameters get no gradient (DDP must be told)
 
     def __init__(self, model: nn.Module, cfg: MethodConfig, context: MethodContext) -> None:
         super().__init__()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from torch import nn
 
@@ -12,7 +13,13 @@ from sparseg.models.deeplabv3plus import DeepLabV3Plus, SegmentationModel
 from sparseg.models.dpt import DPT, dinov2_encoder
 from sparseg.models.dpt import PRESETS as DINOV2_PRESETS
 from sparseg.models.resnet import ResNet
-from sparseg.models.weights import LoadReport, WeightsError, load_encoder_weights
+from sparseg.models.weights import (
+    LoadReport,
+    WeightsError,
+    load_encoder_weights,
+    load_pretrained_model,
+    read_pretrained,
+)
 from sparseg.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -76,9 +83,30 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
+def _sparseg_pretrained(cfg: ModelConfig) -> dict | None:
+    """The ``sparseg pretrain`` file named by ``model.pretrained``, if it is one (layout ``auto`` or ``sparseg``)."""
+    if not cfg.pretrained or cfg.pretrained_layout not in ("auto", "sparseg"):
+        return None
+    path = Path(cfg.pretrained)
+    if cfg.pretrained_layout == "sparseg" and not path.is_file():
+        raise WeightsError(f"model.pretrained: {path} not found (layout sparseg needs a `sparseg pretrain` file)")
+    contents = read_pretrained(path) if path.is_file() else None
+    if contents is None and cfg.pretrained_layout == "sparseg":
+        raise WeightsError(f"model.pretrained: {path} is not a `sparseg pretrain` file (OUT/pretrained.pt); "
+                           "set model.pretrained_layout to auto for other weights")
+    return contents
+
+
 def create_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """Build model ``cfg.name``; its factory loads ``cfg.pretrained`` into the encoder when set."""
-    return MODELS.get(cfg.name)(cfg, num_classes)
+    """Build model ``cfg.name`` and load ``cfg.pretrained``: a ``sparseg pretrain`` file fills the encoder and
+    decoder; other weights files fill the encoder (the factory's job)."""
+    pretrained = _sparseg_pretrained(cfg)
+    if pretrained is None:
+        return MODELS.get(cfg.name)(cfg, num_classes)
+    model = MODELS.get(cfg.name)(cfg.model_copy(update={"pretrained": None}), num_classes)
+    report = load_pretrained_model(model, pretrained, cfg.pretrained)
+    logger.info("encoder and decoder weights from %s: %s", cfg.pretrained, report)
+    return model
 
 
 __all__ = [

@@ -35,6 +35,7 @@ class SegmentationModel(nn.Module):
     """
 
     encoder: nn.Module
+    task_heads: tuple[str, ...] = ("classifier", "aux", "projection")  # trained per task, never pretrained
 
     def __init__(self) -> None:
         super().__init__()

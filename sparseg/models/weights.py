@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from sparseg.serialization import safe_torch_load
 
-LAYOUTS = ("auto", "deepstem", "torchvision", "timm", "mmseg")
+LAYOUTS = ("auto", "deepstem", "torchvision", "timm", "mmseg", "sparseg")
+PRETRAINED_FORMAT = "sparseg-pretrained"  # `sparseg pretrain` output: encoder + decoder of one model config
 
 # checkpoint containers, in order of preference (protocols.md §5: UniMatch, U2PL/DGCL, mmseg)
 _CONTAINER_KEYS = ("state_dict", "model", "model_state", "model_ema", "teacher_state", "ema", "net")
@@ -254,3 +255,56 @@ def load_encoder_weights(
         dropped=dropped,
         container=container,
     )
+
+
+# ----------------------------------------------------------------------------- sparseg pretrained files
+
+
+def transferable_state(model: nn.Module) -> dict[str, Tensor]:
+    """The model's weights without its task heads (``model.task_heads``): what pretraining hands on."""
+    heads = tuple(f"{name}." for name in getattr(model, "task_heads", ()))
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.startswith(heads)}
+
+
+def pretrained_file(model: nn.Module, config: dict[str, Any], iteration: int) -> dict[str, Any]:
+    """Contents of ``OUT/pretrained.pt``: the transferable weights, the run's config and where it stopped."""
+    return {
+        "format": PRETRAINED_FORMAT,
+        "pretraining": config["method"]["name"],
+        "iteration": iteration,
+        "model": config["model"],
+        "config": config,
+        "state_dict": transferable_state(model),
+    }
+
+
+def read_pretrained(path: str | Path) -> dict[str, Any] | None:
+    """The contents of a ``sparseg pretrain`` file, or None when ``path`` holds another kind of weights."""
+    raw, _ = _read(path)
+    return raw if isinstance(raw, Mapping) and raw.get("format") == PRETRAINED_FORMAT else None
+
+
+def load_pretrained_model(model: nn.Module, pretrained: Mapping[str, Any], where: str) -> LoadReport:
+    """Load a ``sparseg pretrain`` file's encoder and decoder into ``model``; task heads keep their init.
+
+    Every key must exist in the model with the same shape, else nothing is copied and the error names the
+    first differing layers and the model keys the file was pretrained with.
+    """
+    state = pretrained["state_dict"]
+    target = transferable_state(model)
+    was = pretrained.get("model", {})
+    hint = (f"; it was pretrained with model.name={was.get('name')}, encoder={was.get('encoder')}, "
+            f"width={was.get('width')}, stem={was.get('stem')}, decoder_channels={was.get('decoder_channels')}")
+    absent = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
+    extra = [k for k in state if k not in target]
+    if absent or extra:
+        parts = ([f"lacks {len(absent)} model keys ({_listing(absent, 3)})"] if absent else []) + (
+            [f"has {len(extra)} keys the model lacks ({_listing(extra, 3)})"] if extra else [])
+        raise WeightsError(f"{where} does not fit this model: it {' and '.join(parts)}{hint}")
+    mismatched = [f"{k} {list(state[k].shape)} in the file vs {list(v.shape)} in the model"
+                  for k, v in target.items() if k in state and state[k].shape != v.shape]
+    if mismatched:
+        raise WeightsError(f"{where} does not fit this model: {len(mismatched)} shape mismatches, "
+                           f"{_listing(mismatched, 2)}{hint}")
+    model.load_state_dict({k: state[k] for k in target if k in state}, strict=False)
+    return LoadReport(layout="sparseg", loaded=list(state))
