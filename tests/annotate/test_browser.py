@@ -111,3 +111,27 @@ def test_model_overlay_shows_the_prediction_and_the_unsure_half(page):
     assert pixel("unsure-layer", 35, 5) == [255, 0, 255, 255] and pixel("unsure-layer", 5, 5) == [0, 0, 0, 0]
     page.press("u")
     assert page.driver.execute_script("return document.getElementById('unsure-layer').hidden;")
+
+
+def test_strokes_land_on_the_pixel_under_the_pointer_after_zoom_and_pan(page, store):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+
+    def transform():
+        return page.driver.execute_script("return document.getElementById('stage').style.transform;")
+
+    viewport = page.driver.find_element("id", "viewport")
+    page.press("0")
+    page.press("[[p")  # brush width 1, point tool
+    for _ in range(3):  # wheel zoom, about x1.57 per notch of 300
+        ActionChains(page.driver).scroll_from_origin(ScrollOrigin.from_element(viewport), 0, -300).perform()
+    zoomed = transform()
+    assert "scale(1)" not in zoomed
+    page.strokes([[(10, 7)]])
+    ActionChains(page.driver).key_down(" ").move_to_element(viewport).click_and_hold().move_by_offset(-60, -40) \
+        .release().key_up(" ").perform()  # Space + drag pans
+    assert transform() != zoomed
+    page.strokes([[(30, 20)]])
+    page.save_now()
+    saved = np.asarray(Image.open(store.label_path("a")))
+    assert sorted(zip(*np.nonzero(saved != UNLABELED))) == [(7, 10), (20, 30)]

@@ -28,3 +28,40 @@ def test_missing_images_are_reported(tmp_path, classes_file, capsys):
     argv = ["annotate", str(tmp_path / "nowhere"), "--classes", str(classes_file), "--out", str(tmp_path / "o")]
     assert main(argv) == 2
     assert "no such image folder or split list" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-iteration model on generated 32x32 data: (data root, checkpoint)."""
+    from sparseg.data import make_synthetic_dataset
+
+    work = tmp_path_factory.mktemp("annotate_ckpt")
+    root = make_synthetic_dataset(work / "data", n_train=4, n_val=2, size=32, seed=0)
+    (work / "cfg.yaml").write_text(f"""
+out: {work / 'run'}
+data: {{dataset: synthetic, root: {root}, train_list: train.txt, val_list: val.txt,
+        crop_size: 32, batch_size: 2, workers: 0}}
+model: {{encoder: resnet18, stem: plain, width: 8, output_stride: 16, decoder_channels: 16}}
+train: {{iters: 2, eval_every: 2, log_every: 1, device: cpu}}
+""")
+    assert main(["train", str(work / "cfg.yaml")]) == 0
+    return root, work / "run" / "last.pt"
+
+
+def test_checkpoint_gives_classes_and_the_model_overlay(trained, tmp_path, classes_file, capsys, monkeypatch):
+    import sparseg.annotate.server as server
+    from sparseg.data import SYNTHETIC_CLASSES
+
+    root, checkpoint = trained
+    served = {}
+    monkeypatch.setattr(server, "serve", lambda store, assist, *address: served.update(store=store, assist=assist))
+    argv = ["annotate", str(root / "train.txt"), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    store, assist = served["store"], served["assist"]
+    assert store.classes.names == tuple(SYNTHETIC_CLASSES) and len(store.images) == 4
+    entry = next(iter(store.images.values()))
+    maps = assist.maps(entry.id, entry.path)
+    assert maps.shape == (3, entry.size[1], entry.size[0]) and maps[0].max() < len(SYNTHETIC_CLASSES)
+
+    assert main([*argv, "--classes", str(classes_file)]) == 2
+    assert f"predicts {len(SYNTHETIC_CLASSES)} classes but the class set has 3" in capsys.readouterr().err
