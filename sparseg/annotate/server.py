@@ -103,6 +103,8 @@ def create_app(store: LabelStore, assist: ModelAssist | None = None,
         except LabelError as err:
             status = 415 if "content type" in str(err) else 422
             raise HTTPException(status, f"{entry.id}: {err}") from None
+        except PermissionError as err:
+            raise HTTPException(403, str(err)) from None
         labeled, total = store.progress()
         return JSONResponse({"id": entry.id, "labeled_pixels": int(counts.sum()),
                              "progress": {"labeled": labeled, "total": total}})

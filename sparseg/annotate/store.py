@@ -99,10 +99,6 @@ class ImageEntry:
     size: tuple[int, int]
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or path.is_relative_to(folder)
-
-
 def find_images(
     source: str | Path, root: str | Path | None = None, dataset: str | None = None
 ) -> tuple[Path, list[ImageEntry]]:
@@ -121,15 +117,20 @@ def find_images(
         found = [(p.relative_to(root).with_suffix("").as_posix(), p) for p in candidates]
     elif source.is_file():
         root = Path(root).resolve() if root else source.resolve().parent
+        # a folder spec needs a class count to exist; only its path rules are used here
         spec = create_dataset_spec(DataConfig(dataset=dataset or "folder", num_classes=None if dataset else 1))
         found = [(e.id, e.image) for e in read_split(source, root, spec, labeled=False)]
     else:
         raise FileNotFoundError(f"no such image folder or split list: {source}")
-    entries = []
+    entries, first_of = [], {}
     for image_id, path in found:
         real = path.resolve()
-        if not _inside(real, root):
+        if not real.is_relative_to(root):
             continue
+        if image_id in first_of:
+            raise DataError(f"{first_of[image_id]} and {path} share the id '{image_id}' (labels are named by "
+                            "the path without its suffix); rename one or list the images you want")
+        first_of[image_id] = path
         try:
             with Image.open(real) as image:
                 size = image.size
@@ -178,7 +179,7 @@ class LabelStore:
 
     def __init__(self, root: Path, images: list[ImageEntry], classes: ClassSet, out: str | Path) -> None:
         self.root, self.classes, self.out = root, classes, Path(out).resolve()
-        if _inside(self.out, root):
+        if self.out.is_relative_to(root):
             raise ConfigError(f"--out {out} is inside the image root {root}; labels are never written there")
         self.images = {entry.id: entry for entry in images}
         self._lock = threading.Lock()
@@ -231,8 +232,9 @@ class LabelStore:
         path = self.label_path(image_id)
         with self._lock:
             path.parent.mkdir(parents=True, exist_ok=True)
-            if _inside(path.parent.resolve(), self.root):
-                raise ConfigError(f"{path.parent} resolves into the image root {self.root}; refusing to write")
+            if path.parent.resolve().is_relative_to(self.root):
+                raise PermissionError(f"{path.parent} resolves into the image root {self.root}; labels are never "
+                                      "written there")
             write_atomic(path, encode_png(label))
             self._counts[image_id] = counts
             self._write_index()

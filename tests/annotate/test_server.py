@@ -76,6 +76,14 @@ def test_writes_outside_the_list_are_refused(client, store, tmp_path):
     assert not store.out.exists() and not (tmp_path.parent / "evil.png").exists()
 
 
+def test_a_label_folder_linked_into_the_image_root_is_not_written(client, store, image_root):
+    store.out.mkdir()
+    (store.out / "sub").symlink_to(image_root / "sub")
+    response = client.put("/api/label/sub/c", content=bytes([UNLABELED]) * 320, headers=RAW)
+    assert response.status_code == 403 and "never written there" in response.json()["error"]
+    assert sorted(p.name for p in (image_root / "sub").iterdir()) == ["c.png"]
+
+
 @pytest.mark.parametrize("body, content_type, status, fragment", [
     (b"\x00" * 1199, "application/octet-stream", 422, "a: label has 1199 bytes; image a is 40x30 = 1200 pixels"),
     (bytes([3]) * 1200, "application/octet-stream", 422, "label values [3] are not classes 0..2, 254"),

@@ -9,7 +9,7 @@ from PIL import Image
 from sparseg.annotate import LabelError, LabelStore, encode_png, find_images, load_classes, write_atomic
 from sparseg.annotate.store import dataset_classes
 from sparseg.config import ConfigError, DataConfig
-from sparseg.data import EvalTransform, build_dataset, create_dataset_spec, read_split, sparsify_list
+from sparseg.data import DataError, EvalTransform, build_dataset, create_dataset_spec, read_split, sparsify_list
 from sparseg.labels import UNLABELED
 
 
@@ -45,6 +45,12 @@ def test_images_are_found_recursively_and_symlinks_out_of_the_root_left_out(imag
     root, images = find_images(image_root)
     assert root == image_root.resolve()
     assert [(e.id, e.size) for e in images] == [("a", (40, 30)), ("b", (32, 24)), ("sub/c", (20, 16))]
+
+
+def test_two_images_with_one_id_are_refused(image_root):
+    Image.new("RGB", (8, 8)).save(image_root / "a.jpg")
+    with pytest.raises(DataError, match="share the id 'a'"):
+        find_images(image_root)
 
 
 def test_labels_are_never_written_into_the_image_root(image_root, classes_file):
