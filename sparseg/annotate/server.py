@@ -140,7 +140,11 @@ def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise OSError(f"cannot serve on {host}:{port}: {err.strerror or err} (try --port 0 for a free port)") from None
     sock.listen(128)
     return sock
 
@@ -158,6 +162,6 @@ def serve(store: LabelStore, assist: ModelAssist | None, host: str, port: int) -
     labeled, total = store.progress()
     print(f"{total} images under {store.root} ({labeled} labeled); labels in {store.out}")
     print(f"open http://{shown_host}:{sock.getsockname()[1]}/  (Ctrl+C to stop)", flush=True)
-    app = create_app(store, assist, allowed_hosts=["127.0.0.1", "localhost", "[::1]", "::1"] if loopback else None)
+    app = create_app(store, assist, allowed_hosts=["127.0.0.1", "localhost", "[::1]"] if loopback else None)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     server.run(sockets=[sock])

@@ -138,3 +138,14 @@ def test_serving_off_loopback_warns(store, monkeypatch, capsys):
     assert "warning" not in out.err and f"open http://127.0.0.1:{served[0][1]}/" in out.out
     serve(store, None, "0.0.0.0", 0)
     assert "warning: serving on 0.0.0.0" in capsys.readouterr().err
+
+
+def test_a_busy_port_is_one_clear_error():
+    from sparseg.annotate.server import bind
+
+    taken = bind("127.0.0.1", 0)
+    try:
+        with pytest.raises(OSError, match=f"cannot serve on 127.0.0.1:{taken.getsockname()[1]}: .*--port 0"):
+            bind("127.0.0.1", taken.getsockname()[1])
+    finally:
+        taken.close()
