@@ -232,6 +232,22 @@ def test_skip_replaces_an_unreadable_unlabeled_image_by_the_next_one(setup):
     assert dataset[0]["index"].item() == 1 and dataset.skipped == {first_train_image(root)}
 
 
+def test_predict_skips_unreadable_images_with_on_bad_image_skip(setup, capsys, tmp_path):
+    root, _, last, _ = setup
+    images = tmp_path / "images"
+    shutil.copytree(root / "images", images)
+    bad = min(images.iterdir())
+    bad.write_bytes(bad.read_bytes()[:100])
+    assert main(["predict", str(last), str(images), "--out", str(tmp_path / "pred")]) == 2
+    assert bad.name in capsys.readouterr().err
+    with pytest.warns(UserWarning, match=bad.name):
+        assert main(["predict", str(last), str(images), "--out", str(tmp_path / "pred2"),
+                     "--set", "data.on_bad_image=skip"]) == 0
+    n = len(list(images.iterdir()))
+    assert f"wrote {n - 1} predictions" in capsys.readouterr().out
+    assert len(list((tmp_path / "pred2").iterdir())) == n - 1
+
+
 def test_resume_with_another_method_names_the_first_missing_tensor(setup, capsys):
     _, cfg, last, good = setup
     capsys.readouterr()
