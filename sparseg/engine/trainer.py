@@ -33,7 +33,7 @@ from sparseg.engine.optim import build_optimizer, poly_factor, scaled_lr, set_lr
 from sparseg.engine.rundir import RunLock, check_run_dir, claim_run_dir
 from sparseg.eval import EvalResult, evaluate
 from sparseg.eval.probe import linear_probe
-from sparseg.methods import create_method
+from sparseg.methods import create_method, method_class
 from sparseg.methods.base import Method, MethodContext, Step
 from sparseg.models import create_model
 from sparseg.models.weights import pretrained_file
@@ -108,9 +108,21 @@ class Trainer:
 
         self.spec = create_dataset_spec(cfg.data)
         self.num_classes = self.spec.num_classes
-        self.val_dataset = (  # built (and its files checked) before the model
+        # every list is read and its files checked (headers) before the model is built
+        self.val_dataset = (
             build_dataset(cfg.data, "val_list", labeled=True, transform=EvalTransform()) if cfg.data.val_list else None
         )
+        self.streams = self._build_streams(method_class(cfg.method["name"]))
+        main = self.streams[-1]  # the unlabeled stream sets the epoch length when present
+        self.iters_per_epoch = len(main.loader)
+        if self.iters_per_epoch == 0:
+            raise TrainingError(
+                f"the '{main.name}' list has fewer images ({len(main.dataset)}) than one global batch; "
+                "lower data.batch_size"
+            )
+        t = cfg.train
+        self.total_iters = t.iters if t.iters is not None else t.epochs * self.iters_per_epoch
+
         self.method = build_method(cfg, self.num_classes, self.dist).to(self.device)
         if cfg.train.channels_last:
             self.method.to(memory_format=torch.channels_last)
@@ -127,17 +139,6 @@ class Trainer:
             )
         else:
             self.ddp = self.method
-
-        self.streams = self._build_streams()
-        main = self.streams[-1]  # the unlabeled stream sets the epoch length when present
-        self.iters_per_epoch = len(main.loader)
-        if self.iters_per_epoch == 0:
-            raise TrainingError(
-                f"the '{main.name}' list has fewer images ({len(main.dataset)}) than one global batch; "
-                "lower data.batch_size"
-            )
-        t = cfg.train
-        self.total_iters = t.iters if t.iters is not None else t.epochs * self.iters_per_epoch
 
         self.global_batch = cfg.data.batch_size
         self.lr = scaled_lr(cfg.optim, self.global_batch)
@@ -167,16 +168,17 @@ class Trainer:
                 self.logger.message(f"[yellow]{self.resume_note}[/yellow]")
 
     # ----------------------------------------------------------------- data
-    def _build_streams(self) -> list[Stream]:
+    def _build_streams(self, method: type[Method]) -> list[Stream]:
+        """The loaders of the streams ``method`` (its class: the model is not built yet) trains on."""
         cfg = self.cfg
-        if cfg.data.label_format == "sparse" and self.method.label_kind is None:
+        if cfg.data.label_format == "sparse" and method.label_kind is None:
             raise TrainingError(
                 f"data.label_format is sparse but method '{cfg.method['name']}' needs dense labels; "
                 "use a sparse-label method (agmm, partial_ce)"
             )
         # list of each stream: labeled + unlabeled (semi-supervised), labeled only (train_list or labeled_list),
         # or images only (pretraining: train_list or unlabeled_list, masks never read)
-        streams = self.method.streams
+        streams = method.streams
         semi = "labeled" in streams and "unlabeled" in streams
         fallback = "train_list" if cfg.data.train_list else None
         keys = {
@@ -195,7 +197,7 @@ class Trainer:
         # one epoch = one pass over the unlabeled list (or the labeled one); shorter lists repeat
         epoch_length = len(datasets["unlabeled" if "unlabeled" in datasets else "labeled"])
         streams = []
-        for salt, name in enumerate(self.method.streams):
+        for salt, name in enumerate(method.streams):
             global_batch = batches[name]
             if global_batch % self.dist.world_size:
                 raise TrainingError(

@@ -3,9 +3,13 @@
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from sparseg.data import DataError, make_synthetic_dataset
+from sparseg.engine import trainer
 from sparseg.engine.trainer import Trainer
 
 
@@ -61,3 +65,17 @@ def test_last_checkpoint_is_written_before_evaluation(tiny_config, monkeypatch):
     assert resumed.iteration == 2
     resumed.fit()
     assert torch.load(Path(cfg.out) / "best.pt", weights_only=True)["iteration"] == 4
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_every_list_is_checked_before_the_model_is_built(tiny_config, tmp_path, monkeypatch, split):
+    root = make_synthetic_dataset(tmp_path / "data", n_train=8, n_val=2, size=32, seed=0)
+    mask = root / (root / f"{split}.txt").read_text().splitlines()[-1].split()[1]
+    Image.fromarray(np.zeros((20, 24), np.uint8)).save(mask)  # the last file of the list: a header check finds it
+
+    def build_method(*args, **kwargs):
+        raise AssertionError("the model was built before the lists were checked")
+
+    monkeypatch.setattr(trainer, "build_method", build_method)
+    with pytest.raises(DataError, match=f"{mask.name}: mask size 24x20 differs from image"):
+        Trainer(tiny_config(root=root), quiet=True)
