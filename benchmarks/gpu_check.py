@@ -38,7 +38,9 @@ SIZES = {  # per mode: generated data, model and schedule
     "cpu": {"image": 32, "n_train": 16, "crop": 28, "batch": 4, "workers": 0, "encoder": "resnet18",
             "width": 8, "decoder": 16, "proj": 8, "iters": 4, "quick_iters": 4, "device": "cpu"},
 }
-# name -> (data, model, method, train) overrides of the base config; "+compile" runs are CUDA only
+# name -> overrides of the base config (run_config): "data" is a dict, or "points" (synthesised point labels);
+# "model" is "dpt" (DINOv2 + DPT), or a dict of model keys -> SIZES keys; "ESTIMATOR" is WORK/estimator;
+# "+compile" runs are CUDA only, in the bf16 step
 RUNS: dict[str, dict[str, Any]] = {
     "supervised": {"method": {"name": "supervised"}},
     "selftrain": {"method": {"name": "selftrain"}},
