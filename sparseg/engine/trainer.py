@@ -103,8 +103,7 @@ class Trainer:
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.seed + self.dist.rank)
-        if self.dist.is_main:  # fail fast; checked again under the run folder's lock below
-            check_run_dir(self.out_dir, resume, overwrite)
+        check_run_dir(self.out_dir, resume, overwrite)  # every process fails fast; the main one checks again locked
 
         self.spec = create_dataset_spec(cfg.data)
         self.num_classes = self.spec.num_classes
