@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.add_argument("--out", help="run directory (default: the config's `out`, else runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--overwrite", action="store_true", help="start over even if OUT/last.pt exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over; the old run's files move into OUT/previous-<time>/")
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on a validation list")
     p.add_argument("checkpoint", help="a last.pt or best.pt written by sparseg train")
