@@ -73,21 +73,23 @@ class OnlineDepth:
     Called on a batch of crops [N,3,H,W] in [0, 1], it returns the estimator's raw output as disparity
     [N,H,W] float32, as the release uses it: the crops are resized bilinearly to the nearest multiple of the
     estimator's patch size (no change at the released 518 and 798 crops), normalised with the image
-    processor's mean and std, run in fp16 on CUDA (fp32 elsewhere) without gradient, and the output is
+    processor's mean and std, run in ``precision`` on CUDA (fp32 elsewhere) without gradient, and the output is
     resized back to the crop. The model is loaded on first use, on the device of the first batch; it is a
     plain attribute of no module, so no optimiser, EMA, DDP wrapper or checkpoint ever sees it.
     """
 
-    def __init__(self, model: str, kind: Literal["disparity", "depth"] = "disparity") -> None:
+    def __init__(self, model: str, kind: Literal["disparity", "depth"] = "disparity",
+                 precision: Literal["fp16", "fp32"] = "fp16") -> None:
         self.model = model
         self.kind = kind
+        self.precision = precision
         self._loaded: tuple[torch.nn.Module, torch.Tensor, torch.Tensor, int] | None = None
 
     def _load(self, device: torch.device) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, int]:
         if self._loaded is None:
             processor, estimator = load_estimator(self.model, device)
             estimator.requires_grad_(False)
-            if device.type == "cuda":
+            if device.type == "cuda" and self.precision == "fp16":
                 estimator.half()
             mean, std = (torch.tensor(values, device=device).view(1, 3, 1, 1)
                          for values in (processor.image_mean, processor.image_std))

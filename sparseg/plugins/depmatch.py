@@ -86,6 +86,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "reference": {  # released semantics, dense (depmatch.md §4.2, §5.2)
         "norm": "raw",
         "cross_source_pairs": True,
+        "estimator_precision": "fp32",
         "cddp": {"label_resize": "bilinear", "max_pixels": None},
         "uldr": {"label_resize": "bilinear", "logit_size": "crop", "floor": True, "inter": "released",
                  "max_pixels": None},
@@ -107,6 +108,7 @@ class DepMatchConfig(_Section):
     depth_source: Literal["precomputed", "online"] = "precomputed"
     estimator: str | None = None  # online: a transformers depth model, local folder or hub id
     estimator_kind: Literal["disparity", "depth"] = "disparity"  # what the estimator outputs
+    estimator_precision: Literal["fp16", "fp32"] = "fp16"  # on CUDA (CPU: fp32); the release runs fp32
     cddp: CDDPConfig = Field(default_factory=CDDPConfig)
     uldr: ULDRConfig = Field(default_factory=ULDRConfig)
 
@@ -279,7 +281,7 @@ class DepMatch(nn.Module):
                                   "(a local folder or hub id)")
             from sparseg.depth import OnlineDepth  # transformers is needed only on this path
 
-            estimator = OnlineDepth(cfg.estimator, cfg.estimator_kind)
+            estimator = OnlineDepth(cfg.estimator, cfg.estimator_kind, cfg.estimator_precision)
         # a plain attribute, never a submodule: no optimiser, EMA, DDP, SyncBN or checkpoint sees the estimator
         object.__setattr__(self, "estimator", estimator)
         if cfg.norm == "robust" and cfg.unit is None:

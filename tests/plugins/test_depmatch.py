@@ -413,6 +413,12 @@ def test_online_depth_needs_an_estimator_and_keeps_it_out_of_the_module():
     assert not list(plugin_module.children()) and not plugin_module.state_dict()
 
 
+def test_online_estimator_precision_follows_the_preset(tiny_estimator):
+    online = {"depth_source": "online", "estimator": str(tiny_estimator)}
+    assert DepMatch({**online, "unit": 1.0}, 3).estimator.precision == "fp16"
+    assert DepMatch({**online, "preset": "reference"}, 3).estimator.precision == "fp32"  # the release's
+
+
 def test_online_estimator_runs_a_transformers_depth_model(tiny_estimator):
     """OnlineDepth: crop → nearest multiple of the patch (30 → 28), processor mean/std, model, back to the crop."""
     import transformers
