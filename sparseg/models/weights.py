@@ -171,11 +171,11 @@ def _stem_hint(state: Mapping[str, Tensor], model_state: Mapping[str, Tensor]) -
     model_out = model_state["conv1.0.weight"].shape[0] if "conv1.0.weight" in model_state else None
     if file_out is not None and model_out is not None and file_out * 2 == model_out:
         return (
-            f"\nThe file's deep stem is {file_out}-{file_out}-{2 * file_out} (timm resnetXXc, "
+            f"; the file's deep stem is {file_out}-{file_out}-{2 * file_out} (timm resnetXXc, "
             "mmseg ResNetV1c with stem_channels=64); the model's is the "
             f"{model_out}-{model_out}-{2 * model_out} stem of resnet101.pth / timm resnetXXs."
         )
-    return "\nCheck model.encoder and model.width against the file."
+    return "; check model.encoder and model.width against the file"
 
 
 def load_encoder_weights(
@@ -233,15 +233,13 @@ def load_encoder_weights(
             "set model.encoder to match it"
         )
     mismatched = [
-        f"  {k}: file {list(state[k].shape)} vs model {list(v.shape)}"
+        f"{k} {list(state[k].shape)} in the file vs {list(v.shape)} in the model"
         for k, v in model_state.items()
         if k in state and state[k].shape != v.shape
     ]
     if mismatched:
         raise WeightsError(
-            f"{where}: {len(mismatched)} shape mismatches ({layout} layout):\n"
-            + "\n".join(mismatched[:_LISTED])
-            + (f"\n  ... and {len(mismatched) - _LISTED} more" if len(mismatched) > _LISTED else "")
+            f"{where}: {len(mismatched)} shape mismatches ({layout} layout): {_listing(mismatched, 2)}"
             + _stem_hint(state, model_state)
         )
 
