@@ -61,12 +61,12 @@ def embedding_spread(features: Tensor, generator: torch.Generator, pixels: int) 
     return flat[pick].std(0).mean() * math.sqrt(flat.shape[1])
 
 
-class NoiseHead(nn.Module):
-    """1x1 conv to 3·r² channels and pixel shuffle: ``fts`` [B,C,h,w] -> noise [B,3,r·h,r·w]."""
+class GridHead(nn.Module):
+    """1x1 conv to C_out·r² channels and pixel shuffle: ``fts`` [B,C,h,w] -> [B,C_out,r·h,r·w], resized to ``size``."""
 
-    def __init__(self, channels: int, upscale: int) -> None:
+    def __init__(self, channels: int, out_channels: int, upscale: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, 3 * upscale**2, 1)
+        self.conv = nn.Conv2d(channels, out_channels * upscale**2, 1)
         self.shuffle = nn.PixelShuffle(upscale)
 
     def forward(self, fts: Tensor, size: tuple[int, int]) -> Tensor:
@@ -89,7 +89,7 @@ class DDeP(Method):
             fts = model.eval()(torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE))["fts"]
         model.train(was_training)
         self.stride = max(1, round(PROBE_SIZE / fts.shape[-1]))  # input pixels per decoder cell
-        self.head = NoiseHead(fts.shape[1], 1 if cfg.noise_grid == "features" else self.stride)
+        self.head = GridHead(fts.shape[1], 3, 1 if cfg.noise_grid == "features" else self.stride)
         self._spread = float("nan")
 
     def forward(self, batch: dict[str, dict[str, Tensor]], step: Step) -> dict[str, Tensor]:
