@@ -1,11 +1,25 @@
 """sparseg: label-efficient semantic segmentation (semi-supervised and sparsely annotated) in PyTorch."""
 
-from sparseg.config import Config, ConfigError, load_config
-from sparseg.data import build_dataset, create_dataset_spec
-from sparseg.methods import create_method, list_methods
-from sparseg.models import create_model, list_models
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# Loaded on first use: `import sparseg.cli` must not import torch, so that the command line can set up
+# OpenMP before torch loads it (sparseg.threads).
+_EXPORTS = {
+    "Config": "sparseg.config",
+    "ConfigError": "sparseg.config",
+    "load_config": "sparseg.config",
+    "build_dataset": "sparseg.data",
+    "create_dataset_spec": "sparseg.data",
+    "create_method": "sparseg.methods",
+    "list_methods": "sparseg.methods",
+    "create_model": "sparseg.models",
+    "list_models": "sparseg.models",
+}
 
 __all__ = [
     "Config",
@@ -19,3 +33,16 @@ __all__ = [
     "list_models",
     "load_config",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'sparseg' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    from sparseg.config import Config, ConfigError, load_config
+    from sparseg.data import build_dataset, create_dataset_spec
+    from sparseg.methods import create_method, list_methods
+    from sparseg.models import create_model, list_models

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from sparseg.threads import apply_thread_policy, prepare_openmp
+
 SPLIT_LAYOUTS = ("camvid", "cityscapes", "voc", "folder", "synthetic")  # `sparseg splits` tries them in this order
 
 
@@ -253,7 +255,11 @@ def cmd_predict(args) -> int:
 def cmd_demo(args) -> int:
     from sparseg.demo import run_demo
 
-    run_demo(method=args.method, out=Path(args.out), iters=args.iters, seed=args.seed)
+    def predict(checkpoint: Path, images: list[Path], out: Path) -> None:  # `sparseg predict ... --overlay`
+        cmd_predict(build_parser().parse_args(["predict", str(checkpoint), *map(str, images), "--out", str(out),
+                                               "--overlay"]))
+
+    run_demo(method=args.method, out=Path(args.out), iters=args.iters, seed=args.seed, predict=predict)
     return 0
 
 
@@ -401,8 +407,10 @@ def describe(err: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prepare_openmp()  # before anything imports torch
     args = build_parser().parse_args(argv)
     try:
+        apply_thread_policy()
         return COMMANDS[args.command](args)
     except _user_errors() as err:
         if os.environ.get("SPARSEG_DEBUG"):

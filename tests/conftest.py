@@ -8,8 +8,9 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Keep generated demo data out of the user's cache."""
+    """Keep generated demo data out of the user's cache; commands run in-process keep one thread."""
     monkeypatch.setenv("SPARSEG_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("SPARSEG_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

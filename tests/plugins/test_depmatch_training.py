@@ -8,7 +8,7 @@ import yaml
 
 from sparseg.config import ConfigError, config_from_dict
 from sparseg.data import create_dataset_spec, make_synthetic_dataset, write_splits
-from sparseg.demo import run_demo
+from sparseg.demo import DEMO_RECIPES, DemoRecipe, run_demo
 from sparseg.engine.trainer import train
 
 
@@ -60,7 +60,7 @@ def test_demo_rejects_an_unknown_plugin():
 
 @pytest.mark.slow
 def test_demo_fixmatch_with_depmatch(tmp_path, monkeypatch):
-    monkeypatch.setattr("sparseg.demo.DEMO_IMAGES", {"n_train": 64, "n_val": 2, "size": 32})
+    monkeypatch.setitem(DEMO_RECIPES, "semi", DemoRecipe({"n_train": 64, "n_val": 2, "size": 32}, 1))
     results = run_demo("fixmatch+depmatch", out=tmp_path / "demo", iters=1)
     assert set(results) == {"supervised", "fixmatch+depmatch"}
     logged = json.loads((tmp_path / "demo" / "fixmatch+depmatch" / "metrics.jsonl").read_text().splitlines()[0])

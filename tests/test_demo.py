@@ -1,0 +1,96 @@
+"""The demo's recipe table, the CPU thread policy, and one very short demo through the CLI."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from sparseg import threads
+from sparseg.cli import main
+from sparseg.config import ConfigError, config_from_dict
+from sparseg.demo import DEMO_RECIPES, DemoRecipe, _merge, demo_config, recipe_kind
+from sparseg.methods import list_methods, method_class
+
+
+@pytest.mark.parametrize(("method", "kind"), [("supervised", "dense"), ("selftrain", "semi"), ("dgcl", "semi"),
+                                              ("fixmatch", "semi"), ("agmm", "sparse"), ("partial_ce", "sparse")])
+def test_recipe_kind_follows_what_the_method_learns_from(method, kind):
+    assert recipe_kind(method_class(method)) == kind
+
+
+@pytest.mark.parametrize("kind", sorted(DEMO_RECIPES))
+def test_every_recipe_is_a_valid_config(tmp_path, kind):
+    recipe = DEMO_RECIPES[kind]
+    cfg = config_from_dict(_merge(demo_config(tmp_path, tmp_path / "run", iters=recipe.iters), recipe.config))
+    assert cfg.train.iters == recipe.iters and cfg.data.crop_size == (recipe.images["size"],) * 2
+
+
+def test_every_demo_method_has_a_recipe():
+    demo_methods = [name for name in list_methods() if not getattr(method_class(name), "pretraining", False)]
+    assert demo_methods and all(recipe_kind(method_class(name)) in DEMO_RECIPES for name in demo_methods)
+
+
+@pytest.mark.parametrize(("cores", "load", "expected"), [(2, 0.05, 2), (2, 0.4, 2), (2, 0.6, 1), (2, 1.0, 1),
+                                                         (2, 9.7, 1), (8, 2.2, 6), (1, 0.0, 1)])
+def test_auto_threads_use_the_cores_the_load_leaves(cores, load, expected):
+    reason = f"{cores} usable cores, 1-minute load average {load:.1f}"
+    assert threads.choose_threads({}, cores, load) == (expected, reason)
+
+
+def test_explicit_thread_counts_win_over_the_load():
+    assert threads.choose_threads({"SPARSEG_THREADS": "3", "OMP_NUM_THREADS": "1"}, 2, 9.0)[0] == 3
+    assert threads.choose_threads({"SPARSEG_THREADS": "auto", "OMP_NUM_THREADS": "4"}, 2, 0.0)[0] is None
+    for bad in ("0", "-1", "two", "1.5"):
+        with pytest.raises(ConfigError, match=f"SPARSEG_THREADS={bad}: expected a positive integer or 'auto'"):
+            threads.choose_threads({"SPARSEG_THREADS": bad}, 2, 0.0)
+
+
+def test_prepare_openmp_keeps_a_users_wait_policy():
+    env = {}
+    threads.prepare_openmp(env)
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    threads.prepare_openmp(env)
+    assert env == {"OMP_WAIT_POLICY": "ACTIVE"}
+
+
+def test_apply_thread_policy_sets_torch_threads(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setenv("SPARSEG_THREADS", "2")
+    try:
+        assert threads.apply_thread_policy().startswith("2 CPU thread(s) (SPARSEG_THREADS=2")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_command_line_sets_the_wait_policy_before_torch_loads():
+    """OpenMP reads OMP_WAIT_POLICY once, when torch loads it: `import sparseg.cli` must not import torch."""
+    code = ("import os, sys\nfrom sparseg.cli import main\nloaded = 'torch' in sys.modules\n"
+            "try:\n    main(['demo', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'), loaded)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "PASSIVE False"
+
+
+def test_bad_sparseg_threads_is_one_line_and_exit_2(monkeypatch, capsys):
+    monkeypatch.setenv("SPARSEG_THREADS", "many")
+    assert main(["demo", "--iters", "1"]) == 2
+    assert capsys.readouterr().err == "error: SPARSEG_THREADS=many: expected a positive integer or 'auto'\n"
+
+
+def test_demo_command_trains_evaluates_and_predicts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(DEMO_RECIPES, "dense", DemoRecipe({"n_train": 16, "n_val": 3, "size": 32}, 20,
+                                                          DEMO_RECIPES["dense"].config))
+    assert main(["demo", "--iters", "20", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("demo: 1 CPU thread(s)")  # SPARSEG_THREADS=1 in tests/conftest.py
+    assert lines[-1].startswith("mIoU: ") and 0 <= float(lines[-1].split()[1]) <= 100
+    run = tmp_path / "supervised"
+    assert (run / "last.pt").is_file()
+    assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["name"] == "adamw"  # the recipe's config
+    assert len(list((run / "predictions").rglob("*.png"))) == 3  # one mask per validation image
