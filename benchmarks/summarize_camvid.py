@@ -2,8 +2,9 @@
 
     python benchmarks/summarize_camvid.py [runs/camvid]
 
-Reads each finished run's final validation record in ``metrics.jsonl`` (runs named ``<method>_<labels>_s<seed>``,
-labels a split such as ``1_8``, ``full``, or a sparse label kind: ``points``, ``scribbles``) and prints, per
+Reads each finished run's final validation record in ``metrics.jsonl`` (runs named ``<method>_<labels>[_<init>]_s<seed>``,
+labels a split such as ``1_8``, ``full``, or a sparse label kind: ``points``, ``scribbles``; ``init`` tags runs that
+start from a pretrained file, e.g. ``pt`` for DDeP, ``mim``) and prints, per
 method and labels, the mIoU of every evaluated model per seed and its mean and spread
 (half the range; the standard deviation is meaningless for two seeds).
 """
@@ -37,10 +38,11 @@ def label_order(labels: str) -> tuple[int, float]:
 def main(root: str = "runs/camvid") -> None:
     table: dict[tuple[str, str, str], dict[int, float]] = defaultdict(dict)
     for run in sorted(Path(root).iterdir()):
-        match = re.fullmatch(r"(.+)_(1_\d+|full|points|scribbles|clicks)_s(\d+)", run.name)
+        match = re.fullmatch(r"(.+)_(1_\d+|full|points|scribbles|clicks)(?:_([a-z]+))?_s(\d+)", run.name)
         if not match or not (run / "metrics.jsonl").exists():
             continue
-        method, split, seed = match.groups()
+        method, split, init, seed = match.groups()
+        method = f"{method} from {init}" if init else method
         for model, miou in final_val(run).items():
             table[(split, method, model)][int(seed)] = miou
     print("| labels | method | model | per seed | mean ± half-range |")

@@ -1,4 +1,4 @@
-"""Command line: ``sparseg train|eval|predict|demo|splits|depth|sparsify|inspect-labels``."""
+"""Command line: ``sparseg train|pretrain|eval|predict|demo|splits|analyze|depth|sparsify|inspect-labels|annotate``."""
 
 from __future__ import annotations
 
@@ -67,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start over; the old run's files move into OUT/previous-<time>/")
 
+    p = sub.add_parser("pretrain", help="self-supervised pretraining on unlabeled images (docs/methods/pretrain.md)")
+    p.add_argument("config", help="YAML config with a pretraining method, e.g. configs/camvid/pretrain.yaml")
+    _add_set(p)
+    p.add_argument("--out", help="run directory; OUT/pretrained.pt is what model.pretrained loads")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over; the old run's files move into OUT/previous-<time>/")
+
     p = sub.add_parser("eval", help="evaluate a checkpoint on a validation list")
     p.add_argument("checkpoint", help="a last.pt or best.pt written by sparseg train")
     _add_set(p)
@@ -85,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train and evaluate on generated data (CPU, no downloads)")
     p.add_argument("--method", default="supervised",
-                   help="a method name (README, Methods), optionally NAME+depmatch, e.g. dgcl, fixmatch+depmatch")
+                   help="a method name (README, Methods), optionally NAME+depmatch, e.g. dgcl, fixmatch+depmatch; "
+                        "a pretraining method (ddep, mim) pretrains, then fine-tunes from scratch and from it")
     p.add_argument("--out", default="runs/demo", help="parent folder of the run directory OUT/METHOD")
     p.add_argument("--iters", type=int, help="training iterations (default: the demo's own)")
     p.add_argument("--seed", type=int, default=0, help="run seed")
@@ -161,17 +170,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_train(args) -> int:
-    from sparseg.config import load_config
+def cmd_train(args, pretraining: bool = False) -> int:
+    from sparseg.config import ConfigError, load_config
     from sparseg.engine.trainer import train
-    from sparseg.methods import method_class
+    from sparseg.methods import list_methods, method_class
 
     overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
     cfg = load_config(args.config, overrides)
+    if method_class(cfg.method["name"]).pretraining != pretraining:
+        names = ", ".join(n for n in list_methods() if method_class(n).pretraining)
+        hint = (f"`sparseg pretrain` runs pretraining methods ({names}); use `sparseg train`" if pretraining
+                else "it is a pretraining method: use `sparseg pretrain`")
+        raise ConfigError(f"{args.config}: method.name={cfg.method['name']}: {hint}")
     result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    if pretraining:
+        print(f"pretrained weights: {Path(cfg.out) / 'pretrained.pt'} (use as model.pretrained)")
     if result is not None:
-        print(f"mIoU: {result.miou:.2f}")
+        print(f"{'probe mIoU' if pretraining else 'mIoU'}: {result.miou:.2f}")
     return 0
+
+
+def cmd_pretrain(args) -> int:
+    return cmd_train(args, pretraining=True)
 
 
 def load_trained(checkpoint: str, overrides: list[str], model_name: str | None):
@@ -370,6 +390,7 @@ def cmd_annotate(args) -> int:
 
 COMMANDS = {
     "train": cmd_train,
+    "pretrain": cmd_pretrain,
     "eval": cmd_eval,
     "predict": cmd_predict,
     "demo": cmd_demo,

@@ -109,7 +109,7 @@ class ModelConfig(Section):
     dropout: float = Field(0.1, ge=0, lt=1)
     proj_dim: int = Field(0, ge=0)  # >0 adds the projection head returning ``rep``
     aux_head: bool = False
-    pretrained: str | None = None  # local encoder weights file; dpt: a Hugging Face Dinov2Model directory or hub id
+    pretrained: str | None = None  # encoder weights file, `sparseg pretrain` output, or (dpt) a HF Dinov2Model dir/id
     pretrained_layout: Literal["auto", "deepstem", "torchvision", "timm", "mmseg", "sparseg"] = "auto"
     dpt_layers: tuple[int, int, int, int] | None = None  # dpt: tapped transformer blocks (default: per encoder)
 

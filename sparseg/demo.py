@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,11 +53,16 @@ DEMO_RECIPES = {
                         {"optim": {"name": "adamw", "base_lr": 2e-3}}),
     "semi": DemoRecipe(SMALL_DATA, 1500),  # labels for DEMO_LABELED of the images; budgets in demo_overrides
     "sparse": DemoRecipe(SMALL_DATA, 1500),  # synthesised points, clicks or scribbles
+    # self-supervised pretraining on every training image (no labels), then the supervised baseline on the
+    # DEMO_LABELED split twice, from scratch and from the pretrained file, each for the same iterations
+    "pretrain": DemoRecipe(SMALL_DATA, 600, {"optim": {"name": "adamw", "base_lr": 1e-3}}),
 }
 
 
 def recipe_kind(cls: type) -> str:
     """The DEMO_RECIPES key of a method class."""
+    if getattr(cls, "pretraining", False):
+        return "pretrain"
     if getattr(cls, "label_kind", None) is not None:
         return "sparse"
     return "semi" if "unlabeled" in cls.streams else "dense"
@@ -105,7 +111,10 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def _train(raw: dict[str, Any]):
     from sparseg.engine.trainer import train
 
-    return train(config_from_dict(raw), overwrite=True)
+    run_dir = Path(raw["out"])
+    if (run_dir / "config.yaml").exists():  # the demo's own earlier run of this method: replaced, not kept aside
+        shutil.rmtree(run_dir)
+    return train(config_from_dict(raw))
 
 
 def _labels(method: str, cls: type, root: Path, out: Path) -> dict[str, Any]:
@@ -123,8 +132,12 @@ def _labels(method: str, cls: type, root: Path, out: Path) -> dict[str, Any]:
     split_dir = root / "splits" / DEMO_LABELED.replace("/", "_")
     if not (split_dir / "labeled.txt").exists():
         write_splits(root / "train.txt", root, spec, DEMO_LABELED, 0, split_dir)
-    print(f"demo: '{method}' with labels for {DEMO_LABELED} of the training images; "
-          f"first the supervised baseline on the same labeled images")
+    if kind == "pretrain":
+        print(f"demo: '{method}' pretrains on every training image without labels, then supervised training "
+              f"on {DEMO_LABELED} of them runs from scratch and from the pretrained weights")
+    else:
+        print(f"demo: '{method}' with labels for {DEMO_LABELED} of the training images; "
+              f"first the supervised baseline on the same labeled images")
     return {"train_list": None, "labeled_list": str((split_dir / "labeled.txt").relative_to(root)),
             "unlabeled_list": str((split_dir / "unlabeled.txt").relative_to(root))}
 
@@ -150,20 +163,30 @@ def run_demo(method: str = "supervised", out: Path = Path("runs/demo"), iters: i
     n_iters = iters or method_iters
     data = _labels(method, cls, root, out)
     results: dict[str, float] = {}
+    run_dir = out / method
     if "labeled_list" in data:
         baseline = demo_config(root, out / "supervised", "supervised", seed, n_iters, train_list=data["labeled_list"])
         results["supervised"] = _train(baseline).miou
-    result = _train(_merge(demo_config(root, out / method, name, seed, n_iters, **data), overrides))
-    results[method] = result.miou
+    if recipe_kind(cls) == "pretrain":  # the probe watches the labeled images; the method reads no mask
+        pretraining = demo_config(root, out / method, name, seed, n_iters, val_list=data["labeled_list"])
+        results[f"{method} (probe)"] = _train(_merge(pretraining, overrides)).miou
+        run_dir = out / f"supervised_from_{method}"
+        finetune = demo_config(root, run_dir, "supervised", seed, n_iters, train_list=data["labeled_list"])
+        finetune["model"]["pretrained"] = str(out / method / "pretrained.pt")
+        result = _train(finetune)
+        results[f"supervised from {method}"] = result.miou
+    else:
+        result = _train(_merge(demo_config(root, run_dir, name, seed, n_iters, **data), overrides))
+        results[method] = result.miou
     print(format_table(result).rsplit("\n", 1)[0])
     # mIoU of always predicting the most frequent class: a floor any learning must beat
     gt_pixels = result.confusion.sum(1).double()
     chance = float(gt_pixels.max() / gt_pixels.sum() / len(SYNTHETIC_CLASSES) * 100)
-    print(f"run directory: {out / method} (curves.png, metrics.jsonl, last.pt, best.pt)")
+    print(f"run directory: {run_dir} (curves.png, metrics.jsonl, last.pt, best.pt)")
     if predict is not None:
-        predictions = out / method / "predictions"
+        predictions = run_dir / "predictions"
         val_images = [root / line.split()[0] for line in (root / "val.txt").read_text().splitlines()[:8]]
-        predict(out / method / "last.pt", val_images, predictions)
+        predict(run_dir / "last.pt", val_images, predictions)
     print(f"demo finished in {time.perf_counter() - started:.0f}s; majority-class baseline {chance:.1f} mIoU")
     if len(results) > 1:
         print("comparison: " + ", ".join(f"{k} {v:.2f}" for k, v in results.items()))

@@ -16,7 +16,8 @@ from sparseg.methods import list_methods, method_class
 
 
 @pytest.mark.parametrize(("method", "kind"), [("supervised", "dense"), ("selftrain", "semi"), ("dgcl", "semi"),
-                                              ("fixmatch", "semi"), ("agmm", "sparse"), ("partial_ce", "sparse")])
+                                              ("fixmatch", "semi"), ("agmm", "sparse"), ("partial_ce", "sparse"),
+                                              ("ddep", "pretrain"), ("mim", "pretrain")])
 def test_recipe_kind_follows_what_the_method_learns_from(method, kind):
     assert recipe_kind(method_class(method)) == kind
 
@@ -29,8 +30,7 @@ def test_every_recipe_is_a_valid_config(tmp_path, kind):
 
 
 def test_every_demo_method_has_a_recipe():
-    demo_methods = [name for name in list_methods() if not getattr(method_class(name), "pretraining", False)]
-    assert demo_methods and all(recipe_kind(method_class(name)) in DEMO_RECIPES for name in demo_methods)
+    assert all(recipe_kind(method_class(name)) in DEMO_RECIPES for name in list_methods())
 
 
 @pytest.mark.parametrize(("cores", "load", "expected"), [(2, 0.05, 2), (2, 0.4, 2), (2, 0.6, 1), (2, 1.0, 1),
@@ -94,3 +94,20 @@ def test_demo_command_trains_evaluates_and_predicts(tmp_path, monkeypatch, capsy
     assert (run / "last.pt").is_file()
     assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["name"] == "adamw"  # the recipe's config
     assert len(list((run / "predictions").rglob("*.png"))) == 3  # one mask per validation image
+
+
+def test_pretraining_demo_compares_scratch_and_pretrained_and_replaces_its_own_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(DEMO_RECIPES, "pretrain", DemoRecipe({"n_train": 64, "n_val": 3, "size": 32}, 4,
+                                                             DEMO_RECIPES["pretrain"].config))
+    for _ in range(2):  # the second run replaces the first instead of keeping it in previous-*
+        assert main(["demo", "--method", "ddep", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    comparison = next(line for line in out.splitlines() if line.startswith("comparison: "))
+    assert "supervised " in comparison and "ddep (probe)" in comparison and "supervised from ddep" in comparison
+    assert (tmp_path / "ddep" / "pretrained.pt").is_file()
+    finetuned = tmp_path / "supervised_from_ddep"
+    config = yaml.safe_load((finetuned / "config.yaml").read_text())
+    assert config["model"]["pretrained"] == str(tmp_path / "ddep" / "pretrained.pt")
+    assert config["data"]["train_list"].endswith("labeled.txt")
+    assert list((finetuned / "predictions").rglob("*.png"))
+    assert not list(tmp_path.rglob("previous-*"))

@@ -1,0 +1,47 @@
+"""`sparseg pretrain` then `sparseg train` from its file, through the CLI on tiny generated data."""
+
+import torch
+import yaml
+
+from sparseg.cli import main
+from sparseg.data import make_synthetic_dataset
+
+TINY = {"encoder": "resnet18", "stem": "plain", "width": 8, "decoder_channels": 16}
+
+
+def write_config(path, root, method, out, **model):
+    path.write_text(yaml.safe_dump({
+        "seed": 0, "out": str(out),
+        "data": {"dataset": "synthetic", "root": str(root), "train_list": "train.txt", "val_list": "val.txt",
+                 "crop_size": 32, "batch_size": 4, "workers": 0},
+        "model": {**TINY, **model}, "optim": {"base_lr": 0.001},
+        "train": {"iters": 2, "eval_every": 0, "log_every": 1, "device": "cpu"},
+        "method": {"name": method},
+    }))
+    return str(path)
+
+
+def test_pretrain_then_train_from_its_file(tmp_path, capsys):
+    root = make_synthetic_dataset(tmp_path / "data", n_train=8, n_val=2, size=32)
+    pretrain = write_config(tmp_path / "pretrain.yaml", root, "ddep", tmp_path / "pre")
+    assert main(["pretrain", pretrain]) == 0
+    out = capsys.readouterr().out
+    assert "probe mIoU:" in out and str(tmp_path / "pre" / "pretrained.pt") in out
+    pretrained = torch.load(tmp_path / "pre" / "pretrained.pt", weights_only=True)["state_dict"]
+
+    finetune = write_config(tmp_path / "train.yaml", root, "supervised", tmp_path / "ft",
+                            pretrained=str(tmp_path / "pre" / "pretrained.pt"))
+    assert main(["train", finetune, "--set", "train.iters=1", "optim.base_lr=1e-12"]) == 0
+    tuned = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)["method"]
+    # one step at a vanishing learning rate: the weights are still the pretrained ones
+    assert torch.allclose(tuned["model.encoder.conv1.weight"], pretrained["encoder.conv1.weight"], atol=1e-9)
+    assert torch.allclose(tuned["model.fuse.0.weight"], pretrained["fuse.0.weight"], atol=1e-9)
+
+
+def test_each_command_refuses_the_other_kind_of_method(tmp_path, capsys):
+    root = make_synthetic_dataset(tmp_path / "data", n_train=8, n_val=2, size=32)
+    assert main(["train", write_config(tmp_path / "a.yaml", root, "ddep", tmp_path / "a")]) == 2
+    assert "use `sparseg pretrain`" in capsys.readouterr().err
+    assert main(["pretrain", write_config(tmp_path / "b.yaml", root, "supervised", tmp_path / "b")]) == 2
+    assert "pretraining methods" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
