@@ -1,5 +1,9 @@
 """`sparseg pretrain` then `sparseg train` from its file, through the CLI on tiny generated data."""
 
+import os
+import subprocess
+import sys
+
 import torch
 import yaml
 
@@ -45,3 +49,18 @@ def test_each_command_refuses_the_other_kind_of_method(tmp_path, capsys):
     assert main(["pretrain", write_config(tmp_path / "b.yaml", root, "supervised", tmp_path / "b")]) == 2
     assert "pretraining methods" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_pretrain_runs_under_torchrun_with_unused_class_heads(tmp_path):
+    """Two gloo processes: DDP must be told that the class heads get no gradient while pretraining."""
+    root = make_synthetic_dataset(tmp_path / "data", n_train=8, n_val=2, size=32)
+    config = write_config(tmp_path / "pretrain.yaml", root, "ddep", tmp_path / "pre")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "sparseg", "pretrain", config],
+        check=False, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "2 process(es)" in run.stderr
+    assert torch.load(tmp_path / "pre" / "pretrained.pt", weights_only=True)["iteration"] == 2
