@@ -16,16 +16,15 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from sparseg.methods import register_method
-from sparseg.methods.base import Method, MethodConfig, Step, step_generator
+from sparseg.methods.base import Step, step_generator
 from sparseg.models.deeplabv3plus import IMAGENET_MEAN
-from sparseg.pretrain.ddep import PROBE_SIZE, GridHead, embedding_spread
+from sparseg.pretrain.base import GridHead, PretrainingConfig, PretrainingMethod, embedding_spread
 
 
-class MIMConfig(MethodConfig):
+class MIMConfig(PretrainingConfig):
     patch: int = Field(16, ge=1)  # side of a masked square in input pixels (a multiple of the decoder stride)
     mask_ratio: float = Field(0.6, gt=0, lt=1)  # share of patches masked per image
     norm_targets: bool = True  # targets normalised per patch (mean 0, std 1), MAE's norm_pix_loss
-    monitor_pixels: int = Field(4096, ge=16)
 
 
 def patch_mask(shape: tuple[int, int, int], patch: int, ratio: float, generator: torch.Generator) -> Tensor:
@@ -57,22 +56,13 @@ def masked_loss(predicted: Tensor, target: Tensor, weight: Tensor) -> Tensor:
 
 
 @register_method("mim")
-class MaskedImageModelling(Method):
+class MaskedImageModelling(PretrainingMethod):
     Config = MIMConfig
-    streams = ("unlabeled",)
-    pretraining = True
-    evaluation = "linear_probe"
-    unused_parameters = True  # the class heads get no gradient while pretraining
 
     def __init__(self, model: nn.Module, cfg: MIMConfig, context) -> None:
         super().__init__(model, cfg, context)
-        was_training = model.training
-        with torch.no_grad():
-            fts = model.eval()(torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE))["fts"]
-        model.train(was_training)
-        self.head = GridHead(fts.shape[1], 3, max(1, round(PROBE_SIZE / fts.shape[-1])))
+        self.head = GridHead(self.fts_channels, 3, self.stride)
         self.register_buffer("fill", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self._spread = float("nan")
 
     def forward(self, batch: dict[str, dict[str, Tensor]], step: Step) -> dict[str, Tensor]:
         images = batch["unlabeled"]["image"]
@@ -84,9 +74,6 @@ class MaskedImageModelling(Method):
         fts = self.model(corrupted)["fts"]
         predicted = self.head(fts, (h, w))
         target = normalised_targets(images, self.cfg.patch) if self.cfg.norm_targets else images
-        self._spread = float(embedding_spread(fts, generator, self.cfg.monitor_pixels))
+        self.spread = float(embedding_spread(fts, generator, self.cfg.monitor_pixels))
         loss = masked_loss(predicted, target, (masked & valid).float())
         return {"loss": loss, "reconstruct": loss.detach()}
-
-    def extra_logs(self) -> dict[str, float]:
-        return {"embed_spread": self._spread}

@@ -13,7 +13,8 @@ from sparseg.engine.trainer import Trainer
 from sparseg.methods import create_method, method_class
 from sparseg.methods.base import MethodContext, Step, step_generator
 from sparseg.models import create_model
-from sparseg.pretrain.ddep import corrupt, denoising_loss, embedding_spread
+from sparseg.pretrain.base import embedding_spread
+from sparseg.pretrain.ddep import corrupt, denoising_loss
 
 TINY = {"encoder": "resnet18", "stem": "plain", "width": 8, "decoder_channels": 16}
 
