@@ -59,21 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sparseg {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train a model from a YAML config")
-    p.add_argument("config", help="YAML config, e.g. configs/camvid/supervised.yaml")
-    _add_set(p)
-    p.add_argument("--out", help="run directory (default: the config's `out`, else runs/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over; the old run's files move into OUT/previous-<time>/")
-
-    p = sub.add_parser("pretrain", help="self-supervised pretraining on unlabeled images (docs/methods/pretrain.md)")
-    p.add_argument("config", help="YAML config with a pretraining method, e.g. configs/camvid/pretrain.yaml")
-    _add_set(p)
-    p.add_argument("--out", help="run directory; OUT/pretrained.pt is what model.pretrained loads")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over; the old run's files move into OUT/previous-<time>/")
+    for name, help_text, example, out_note in (
+        ("train", "train a model from a YAML config", "configs/camvid/supervised.yaml", ""),
+        ("pretrain", "self-supervised pretraining on unlabeled images (docs/methods/pretrain.md)",
+         "configs/camvid/pretrain_mim.yaml", "; OUT/pretrained.pt is what model.pretrained loads"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("config", help=f"YAML config, e.g. {example}")
+        _add_set(p)
+        p.add_argument("--out", help=f"run directory (default: the config's `out`, else runs/<config name>){out_note}")
+        p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+        p.add_argument("--overwrite", action="store_true",
+                       help="start over; the old run's files move into OUT/previous-<time>/")
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on a validation list")
     p.add_argument("checkpoint", help="a last.pt or best.pt written by sparseg train")
