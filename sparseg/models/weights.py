@@ -277,8 +277,13 @@ def pretrained_file(model: nn.Module, config: dict[str, Any], iteration: int) ->
 
 
 def read_pretrained(path: str | Path) -> dict[str, Any] | None:
-    """The contents of a ``sparseg pretrain`` file, or None when ``path`` holds another kind of weights."""
-    raw, _ = _read(path)
+    """The contents of a ``sparseg pretrain`` file, or None when ``path`` holds another kind of weights.
+
+    The tensors are memory-mapped, so looking into a large encoder file here costs no full read."""
+    try:
+        raw = safe_torch_load(path, WeightsError, mmap=True)
+    except RuntimeError:  # not a zip-format file (mmap needs one): not ours; the encoder loader reads it
+        return None
     return raw if isinstance(raw, Mapping) and raw.get("format") == PRETRAINED_FORMAT else None
 
 
