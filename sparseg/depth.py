@@ -13,7 +13,6 @@ U = median over images of (q_hi − q_lo) of the raw output: run with Depth Anyt
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +36,7 @@ from sparseg.data.depth import (
 )
 from sparseg.data.errors import DataError
 from sparseg.data.splits import read_split
+from sparseg.serialization import write_atomic
 
 DEFAULT_ESTIMATOR = "depth-anything/Depth-Anything-V2-Small-hf"  # Apache-2.0 (Base/Large/Giant: CC-BY-NC-4.0)
 CALIBRATION_NAME = "calibration.json"
@@ -112,9 +112,7 @@ class OnlineDepth:
 
 
 def _write_json(path: Path, content: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(content, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(content, indent=1) + "\n").encode("utf-8"), durable=False)
 
 
 def compute_depth(

@@ -1,11 +1,14 @@
-"""Reading torch files without running code from them: ``torch.load(..., weights_only=True)`` only."""
+"""Reading torch files without running code from them (``torch.load(..., weights_only=True)`` only), and
+replacing files atomically."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -33,3 +36,27 @@ def safe_torch_load(
         if "Weights only load failed" not in str(err):  # torch's marker for an object it refused
             raise
         raise error(f"{path}: {REFUSED}{f' ({why})' if why else ''}; not loaded") from None
+
+
+def write_atomic(path: str | Path, data: bytes | Callable[[BinaryIO], None], durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` (bytes, or a function writing to the open file): a temporary file in the
+    same folder, renamed over it, so readers and crashes see the old or the new file, never a torn one.
+    ``durable``: also fsync the file before the rename and the folder after it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data) if isinstance(data, bytes) else data(file)
+            if durable:
+                file.flush()
+                os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if durable:
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)

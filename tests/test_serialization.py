@@ -1,13 +1,14 @@
-"""Loading a checkpoint or an encoder weights file never runs code from it."""
+"""Loading a checkpoint or an encoder weights file never runs code from it; files are replaced atomically."""
 
 import io
+import os
 
 import pytest
 import torch
 
 from sparseg.cli import main
 from sparseg.engine.checkpoint import FORMAT_VERSION
-from sparseg.serialization import safe_torch_load
+from sparseg.serialization import safe_torch_load, write_atomic
 
 
 class CreatesFile:
@@ -78,3 +79,23 @@ train: {{iters: 1, device: cpu}}
     assert err[0].endswith("; not loaded")
     assert not marker.exists() and not (tmp_path / "run" / "last.pt").exists()
     assert_would_run_code(weights, marker)
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "x.png"
+    target.write_bytes(b"old")
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, b"new")
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["x.png"]
+
+
+def test_write_atomic_takes_a_writer_and_replaces_the_file(tmp_path):
+    target = tmp_path / "x.bin"
+    target.write_bytes(b"old")
+    write_atomic(target, lambda file: file.write(b"new"), durable=False)
+    assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["x.bin"]

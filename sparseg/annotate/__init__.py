@@ -17,7 +17,6 @@ from sparseg.annotate.store import (
     encode_png,
     find_images,
     load_classes,
-    write_atomic,
 )
 from sparseg.config import ConfigError
 
@@ -31,7 +30,6 @@ __all__ = [
     "find_images",
     "load_classes",
     "run_annotate",
-    "write_atomic",
 ]
 
 

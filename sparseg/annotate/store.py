@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from sparseg.config import ConfigError, DataConfig
 from sparseg.data import DataError, create_dataset_spec, read_split
 from sparseg.data.splits import IMAGE_SUFFIXES
 from sparseg.labels import IGNORE, UNLABELED
+from sparseg.serialization import write_atomic
 
 TOOL = "sparseg annotate"  # the manifest's "tool": folders this module maintains
 MAX_IMAGE_PIXELS = 50_000_000  # larger images are refused: the page keeps a byte per pixel per undo step
@@ -142,29 +141,6 @@ def find_images(
     if not entries:
         raise DataError(f"no images found in {source}")
     return root, entries
-
-
-def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
-    """Replace ``path`` with ``data``: a temporary file in the same folder, renamed over it, so readers see the
-    old or the new file, never a torn one. ``durable``: also fsync the file before and the folder after."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            if durable:
-                file.flush()
-                os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if not durable:
-        return
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def encode_png(label: np.ndarray) -> bytes:

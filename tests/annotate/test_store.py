@@ -1,12 +1,11 @@
 import json
-import os
 import threading
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from sparseg.annotate import LabelError, LabelStore, encode_png, find_images, load_classes, write_atomic
+from sparseg.annotate import LabelError, LabelStore, encode_png, find_images, load_classes
 from sparseg.annotate.store import dataset_classes
 from sparseg.config import ConfigError, DataConfig
 from sparseg.data import DataError, EvalTransform, build_dataset, create_dataset_spec, read_split, sparsify_list
@@ -152,19 +151,6 @@ def test_png_labels_must_match_the_image_size_and_be_single_channel(store):
         store.save("a", encode_png(np.zeros((40, 30), np.uint8)), "image/png")
     with pytest.raises(LabelError, match="mode RGB"):
         store.save("a", encode_png(np.zeros((30, 40, 3), np.uint8)), "image/png")
-
-
-def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
-    target = tmp_path / "x.png"
-    target.write_bytes(b"old")
-
-    def crash(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="disk full"):
-        write_atomic(target, b"new")
-    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["x.png"]
 
 
 def test_concurrent_saves_of_one_image_never_tear_and_the_last_wins(store):
