@@ -95,11 +95,12 @@ class RunLogger:
             console.print(f"iter {iteration}/{self.total_iters}  {status}  {rate:.2f} it/s  ETA {eta:.0f}s")
             self._last_print = now
 
-    def message(self, text: str) -> None:
-        """Print ``text`` (rich markup allowed) and append it to ``train.log``."""
+    def message(self, text: str, to_file: bool = True) -> None:
+        """Print ``text`` (rich markup allowed) and, with ``to_file``, append it to ``train.log``."""
         if self.enabled:
             console.print(text)
-            self._write_text(Text.from_markup(text).plain)
+            if to_file:
+                self._write_text(Text.from_markup(text).plain)
 
     def _write_text(self, line: str) -> None:
         if not self._text.closed:

@@ -393,7 +393,8 @@ class Trainer:
             self.logger.log(self.iteration, "val", values)
             self.logger.message(
                 f"iter {self.iteration}: {'probe' if self.method.evaluation == 'linear_probe' else 'val'} mIoU "
-                + ", ".join(f"{k} {r.miou:.2f}" for k, r in results.items())
+                + ", ".join(f"{k} {r.miou:.2f}" for k, r in results.items()),
+                to_file=False,  # train.log has the record logged just above
             )
             if primary.miou > self.best_miou:
                 self.best_miou = primary.miou
