@@ -40,7 +40,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                                 allowed=_FORMAT_1_GLOBALS)
     except CheckpointError:
         raise
-    except Exception as err:  # truncated zip, not a torch file, ...
+    except Exception as err:  # noqa: BLE001 -- truncated zip, not a torch file, ...: all one refusal
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated and was not loaded ({err})") from None
     if not isinstance(state, dict) or "format_version" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a sparseg checkpoint (no format_version/config)")

@@ -40,8 +40,9 @@ class RunLogger:
         if not fresh and metrics.exists():  # drop records written after the checkpoint we resume from
             kept = [r for r in metrics.read_text().splitlines() if _iteration(r) <= start_iter]
             metrics.write_text("".join(r + "\n" for r in kept))
-        self._jsonl = open(metrics, "w" if fresh else "a")
-        self._text = open(out_dir / "train.log", "w" if fresh else "a", encoding="utf-8")
+        # both stay open for the run and are closed by close()
+        self._jsonl = open(metrics, "w" if fresh else "a")  # noqa: SIM115
+        self._text = open(out_dir / "train.log", "w" if fresh else "a", encoding="utf-8")  # noqa: SIM115
         try:
             from torch.utils.tensorboard import SummaryWriter
 

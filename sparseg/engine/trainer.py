@@ -82,8 +82,9 @@ class Stream:
     loader: DataLoader
 
 
-def build_method(cfg: Config, num_classes: int, dist_info: DistInfo = DistInfo()) -> Method:
+def build_method(cfg: Config, num_classes: int, dist_info: DistInfo | None = None) -> Method:
     """The model and method a config describes (no weights loaded besides ``model.pretrained``)."""
+    dist_info = dist_info or DistInfo()
     model = create_model(cfg.model, num_classes)
     context = MethodContext(num_classes=num_classes, seed=cfg.seed, world_size=dist_info.world_size, rank=dist_info.rank)
     return create_method(cfg.method["name"], model, cfg.method_config(), context)

@@ -7,7 +7,7 @@ left undropped; the same mask acts on every map (the first C channels of one mas
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -35,7 +35,7 @@ class UniMatchV2(ConsistencyMethod):
     Config = UniMatchV2Config
     num_views = 2
     view_weight = 0.5
-    demo_overrides = {"iters": 200, "method": {"ema_momentum": 0.98}}  # a teacher horizon of ~50 of 200 steps
+    demo_overrides: ClassVar[dict[str, Any]] = {"iters": 200, "method": {"ema_momentum": 0.98}}  # a teacher horizon of ~50 of 200 steps
 
     def run_student(self, x_l, x_u, strong, step) -> StudentOutputs:
         """x_l alone ([x_l; x_w] with the online teacher), then [s1; s2] with complementary dropout (§2 step 3)."""

@@ -49,7 +49,7 @@ train: {{iters: 2, eval_every: 2, log_every: 1, device: cpu}}
 
 
 def test_checkpoint_gives_classes_and_the_model_overlay(trained, tmp_path, classes_file, capsys, monkeypatch):
-    import sparseg.annotate.server as server
+    from sparseg.annotate import server
     from sparseg.data import SYNTHETIC_CLASSES
 
     root, checkpoint = trained

@@ -2,6 +2,7 @@
 
 import sys
 import types
+from typing import ClassVar
 
 import pytest
 import torch
@@ -54,7 +55,7 @@ def consistency_batch():
 class RecordingPlugin:
     """Stands in for ``sparseg.plugins.depmatch.DepMatch``: records its views, returns one term c."""
 
-    instances: list["RecordingPlugin"] = []
+    instances: ClassVar[list["RecordingPlugin"]] = []
     cddp_feature = "undropped"
 
     def __init__(self, options, num_classes, seed):

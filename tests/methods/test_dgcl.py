@@ -28,11 +28,11 @@ from sparseg.models import create_model
 
 K = 4
 FTS_DIM, REP_DIM = 16, 8
-SMALL = dict(  # memory and sampling sizes for tiny tensors
-    density_ks=(2, 4, 8), memory_size=64, memory_update_cap=16, density_min_memory=8, min_memory=8,
-    memory_positives=4, batch_positives=4, num_anchors=5, num_negatives=6, warmup_until_full=False,
-    contrast_group_size=2, filter_group_size=2,
-)
+SMALL = {  # memory and sampling sizes for tiny tensors
+    "density_ks": (2, 4, 8), "memory_size": 64, "memory_update_cap": 16, "density_min_memory": 8, "min_memory": 8,
+    "memory_positives": 4, "batch_positives": 4, "num_anchors": 5, "num_negatives": 6, "warmup_until_full": False,
+    "contrast_group_size": 2, "filter_group_size": 2,
+}
 
 
 def gen(seed=0):
