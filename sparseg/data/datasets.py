@@ -396,17 +396,18 @@ class SegmentationDataset(Dataset):
 
 
 def resolve_list(cfg: DataConfig, list_key: str) -> Path:
-    """The file named by ``cfg.<list_key>``: as given if it exists, else relative to ``cfg.root``."""
+    """The split list (or image folder) named by ``cfg.<list_key>``: as given if it exists, else relative to
+    ``cfg.root``."""
     value = getattr(cfg, list_key)
     if value is None:
         raise ConfigError(f"data.{list_key} is not set")
     path = Path(value)
-    if path.is_file() or path.is_absolute():
+    if path.exists() or path.is_absolute():
         return path
     under_root = Path(cfg.root) / path
-    if under_root.is_file():
+    if under_root.exists():
         return under_root
-    raise ConfigError(f"data.{list_key}: split list not found at {path} or {under_root}")
+    raise ConfigError(f"data.{list_key}: no split list or image folder at {path} or {under_root}")
 
 
 def build_dataset(cfg: DataConfig, list_key: str, labeled: bool, transform) -> SegmentationDataset:

@@ -4,7 +4,8 @@ Line formats (one per list, detected per line):
 - ``image mask``: two columns split by a tab (CPS) or whitespace; a leading ``/`` is dropped;
 - ``image``: one column with an image extension; the dataset spec derives the mask path;
 - ``id``: a bare id; the dataset spec maps it to image and mask paths (VOC, U2PL/CPS lists).
-Paths are relative to the data root.
+Paths are relative to the data root. A folder in place of a list stands for every image file below it
+(sorted; hidden entries and files that are another listed image's mask left out).
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ def _labeled_count(labeled: str, n: int) -> int:
 
 
 def _read_lines(list_path: Path, root: Path, spec: PathRules, labeled: bool) -> list[_Line]:
+    if list_path.is_dir():
+        return _folder_lines(list_path, root, spec, labeled)
     try:
         text = list_path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
@@ -144,6 +147,28 @@ def _read_lines(list_path: Path, root: Path, spec: PathRules, labeled: bool) -> 
         lines.append(line)
     if not lines:
         raise SplitError(f"{list_path}: split list is empty")
+    return lines
+
+
+def _folder_lines(folder: Path, root: Path, spec: PathRules, labeled: bool) -> list[_Line]:
+    """Every image below ``folder`` as an image-path line, in sorted order. A file that is the mask of another
+    image (a dataset root holding images and masks) is a mask, not an image."""
+    files = sorted(
+        path for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+    lines = []
+    for number, path in enumerate(files, start=1):
+        text = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path.absolute())
+        lines.append(_parse_line(text, number, str(path), root, spec, labeled=False))
+    masks = {line.entry.mask for line in lines}
+    lines = [line for line in lines if line.entry.image not in masks]
+    if not lines:
+        raise SplitError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    if labeled:  # the error of a missing mask, named by the image
+        lines = [_parse_line(line.text, line.lineno, str(line.entry.image), root, spec, labeled=True)
+                 if line.entry.mask is None else line for line in lines]
     return lines
 
 

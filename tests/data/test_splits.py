@@ -171,3 +171,34 @@ def test_write_splits_rejects_bad_sizes(train_list, size: str):
     lst, root = train_list
     with pytest.raises(SplitError):
         write_splits(lst, root, spec("cityscapes"), size, seed=0, out_dir=root / "out")
+
+
+def test_a_folder_lists_every_image_below_it_sorted_without_hidden_files(tmp_path: Path):
+    touch(tmp_path, "imgs/b.jpg", "imgs/a.png", "imgs/city/c.JPG", "imgs/.cache/d.png", "imgs/notes.txt")
+    entries = read_split(tmp_path / "imgs", tmp_path, spec("folder", num_classes=2), labeled=False)
+    assert [e.id for e in entries] == ["imgs/a", "imgs/b", "imgs/city/c"]
+    assert all(e.mask is None for e in entries)
+
+
+def test_a_dataset_root_as_folder_keeps_images_and_leaves_their_masks_out(tmp_path: Path):
+    touch(tmp_path, "images/a.jpg", "images/b.jpg", "masks/a.png", "masks/b.png")
+    folder_spec = spec("folder", num_classes=2)
+    unlabeled = read_split(tmp_path, tmp_path, folder_spec, labeled=False)
+    assert [(e.image, e.mask) for e in unlabeled] == [(tmp_path / f"images/{i}.jpg", tmp_path / f"masks/{i}.png")
+                                                      for i in "ab"]
+    assert read_split(tmp_path, tmp_path, folder_spec, labeled=True) == unlabeled
+
+
+def test_a_labeled_folder_names_the_image_without_a_mask_and_an_empty_folder_fails(tmp_path: Path):
+    touch(tmp_path, "images/a.jpg", "images/b.jpg", "masks/a.png", "empty/notes.txt")
+    with pytest.raises(SplitError, match=r"images/b\.jpg: mask not found: .*masks/b\.png"):
+        read_split(tmp_path / "images", tmp_path, spec("folder", num_classes=2), labeled=True)
+    with pytest.raises(SplitError, match=r"empty: no image files"):
+        read_split(tmp_path / "empty", tmp_path, spec("folder", num_classes=2), labeled=False)
+
+
+def test_a_folder_outside_the_root_keeps_absolute_paths(tmp_path: Path):
+    touch(tmp_path, "outside/x.png")
+    (tmp_path / "root").mkdir()
+    entries = read_split(tmp_path / "outside", tmp_path / "root", spec("folder", num_classes=2), labeled=False)
+    assert [e.image for e in entries] == [tmp_path / "outside/x.png"]

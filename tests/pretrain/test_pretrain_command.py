@@ -64,3 +64,25 @@ def test_pretrain_runs_under_torchrun_with_unused_class_heads(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "2 process(es)" in run.stderr
     assert torch.load(tmp_path / "pre" / "pretrained.pt", weights_only=True)["iteration"] == 2
+
+
+def test_pretrain_on_a_plain_image_folder(tmp_path):
+    """No list and no masks: ``data.train_list`` names the folder, nested folders included."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("a.jpg", "b.png", "street/c.png", "street/d.jpg"):
+        (tmp_path / "photos" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "photos" / name)
+    config = tmp_path / "pretrain.yaml"
+    config.write_text(yaml.safe_dump({
+        "seed": 0, "out": str(tmp_path / "pre"),
+        "data": {"dataset": "folder", "num_classes": 2, "root": str(tmp_path / "photos"), "train_list": ".",
+                 "crop_size": 32, "batch_size": 4, "workers": 0},
+        "model": TINY, "optim": {"base_lr": 0.001},
+        "train": {"iters": 1, "eval_every": 0, "log_every": 1, "device": "cpu"},
+        "method": {"name": "mim", "patch": 8},
+    }))
+    assert main(["pretrain", str(config)]) == 0
+    assert torch.load(tmp_path / "pre" / "pretrained.pt", weights_only=True)["iteration"] == 1
