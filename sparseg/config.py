@@ -111,6 +111,9 @@ class ModelConfig(Section):
     aux_head: bool = False
     pretrained: str | None = None  # encoder weights file, `sparseg pretrain` output, or (dpt) a HF Dinov2Model dir/id
     pretrained_layout: Literal["auto", "deepstem", "torchvision", "timm", "mmseg", "sparseg"] = "auto"
+    # `sparseg pretrain` files: each conv that feeds a BatchNorm scaled back to its initial norm (same function;
+    # SGD then steps as far as from scratch), docs/methods/pretrain.md "Fine-tuning: the weight scale"
+    pretrained_rescale: bool = True
     dpt_layers: tuple[int, int, int, int] | None = None  # dpt: tapped transformer blocks (default: per encoder)
 
     _dilations = field_validator("multi_grid", "aspp_rates")(_all_at_least(1))

@@ -104,7 +104,7 @@ def create_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     if pretrained is None:
         return MODELS.get(cfg.name)(cfg, num_classes)
     model = MODELS.get(cfg.name)(cfg.model_copy(update={"pretrained": None}), num_classes)
-    report = load_pretrained_model(model, pretrained, cfg.pretrained)
+    report = load_pretrained_model(model, pretrained, cfg.pretrained, rescale=cfg.pretrained_rescale)
     logger.info("encoder and decoder weights from %s: %s", cfg.pretrained, report)
     return model
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from sparseg.serialization import safe_torch_load
@@ -46,6 +47,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)  # in the file, not in the model
     dropped: list[str] = field(default_factory=list)  # classifier / non-backbone keys set aside
     container: str | None = None  # checkpoint entry that held the state dict, e.g. "model"
+    rescaled: dict[str, float] = field(default_factory=dict)  # conv -> factor applied (model.pretrained_rescale)
 
     def __str__(self) -> str:
         parts = [f"layout {self.layout}", f"{len(self.loaded)} tensors loaded"]
@@ -57,6 +59,10 @@ class LoadReport:
             parts.append(f"{len(self.dropped)} dropped ({_listing(self.dropped, 3)})")
         if self.unexpected:
             parts.append(f"{len(self.unexpected)} unexpected ({_listing(self.unexpected, 3)})")
+        if self.rescaled:
+            factors = self.rescaled.values()
+            parts.append(f"{len(self.rescaled)} convs rescaled to their initial norm (x{min(factors):.2f}"
+                         f"-x{max(factors):.2f})")
         return ", ".join(parts)
 
 
@@ -287,11 +293,59 @@ def read_pretrained(path: str | Path) -> dict[str, Any] | None:
     return raw if isinstance(raw, Mapping) and raw.get("format") == PRETRAINED_FORMAT else None
 
 
-def load_pretrained_model(model: nn.Module, pretrained: Mapping[str, Any], where: str) -> LoadReport:
+def conv_bn_pairs(model: nn.Module, size: int = 112) -> dict[str, str]:
+    """``{conv name: BatchNorm name}`` for each Conv2d whose output is the input of a BatchNorm2d, found by
+    one forward pass in evaluation mode (``size``: the side of the probe input)."""
+    names = {module: name for name, module in model.named_modules()}
+    outputs: dict[int, str] = {}
+    pairs: dict[str, str] = {}
+
+    def record_conv(module: nn.Module, _inputs: Any, output: Tensor) -> None:
+        outputs[id(output)] = names[module]
+
+    def match_bn(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        if id(inputs[0]) in outputs:
+            pairs[outputs[id(inputs[0])]] = names[module]
+
+    handles = [m.register_forward_hook(record_conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles += [m.register_forward_pre_hook(match_bn) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.rand(2, 3, size, size))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return pairs
+
+
+def _rescale_to_initial_norms(model: nn.Module, pairs: dict[str, str], initial: dict[str, Tensor]) -> dict[str, float]:
+    """Scale each paired conv's weight by c = ||w_init|| / ||w|| and its BatchNorm's running mean by c and
+    running variance by c²: the same function in training and evaluation mode, weights at the initial scale."""
+    factors = {}
+    with torch.no_grad():
+        for conv_name, bn_name in pairs.items():
+            conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+            c = initial[conv_name] / conv.weight.norm()
+            conv.weight.mul_(c)
+            if conv.bias is not None:
+                conv.bias.mul_(c)
+            if bn.running_mean is not None:
+                bn.running_mean.mul_(c)
+                bn.running_var.mul_(c**2)
+            factors[conv_name] = float(c)
+    return factors
+
+
+def load_pretrained_model(model: nn.Module, pretrained: Mapping[str, Any], where: str,
+                          rescale: bool = True) -> LoadReport:
     """Load a ``sparseg pretrain`` file's encoder and decoder into ``model``; task heads keep their init.
 
     Every key must exist in the model with the same shape, else nothing is copied and the error names the
-    first differing layers and the model keys the file was pretrained with.
+    first differing layers and the model keys the file was pretrained with. ``rescale``: bring each loaded
+    conv that feeds a BatchNorm back to the norm it has in ``model`` now, at initialisation (BatchNorm makes
+    the function independent of that norm, SGD's relative step is not: docs/methods/pretrain.md).
     """
     state = pretrained["state_dict"]
     target = transferable_state(model)
@@ -309,5 +363,7 @@ def load_pretrained_model(model: nn.Module, pretrained: Mapping[str, Any], where
     if mismatched:
         raise WeightsError(f"{where} does not fit this model: {len(mismatched)} shape mismatches, "
                            f"{_listing(mismatched, 2)}{hint}")
+    pairs = {conv: bn for conv, bn in conv_bn_pairs(model).items() if f"{conv}.weight" in state} if rescale else {}
+    initial = {conv: model.get_submodule(conv).weight.detach().norm() for conv in pairs}
     model.load_state_dict({k: state[k] for k in target if k in state}, strict=False)
-    return LoadReport(layout="sparseg", loaded=list(state))
+    return LoadReport(layout="sparseg", loaded=list(state), rescaled=_rescale_to_initial_norms(model, pairs, initial))

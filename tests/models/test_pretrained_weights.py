@@ -1,5 +1,6 @@
 """`sparseg pretrain` files: the encoder and decoder load into each model family with shape checks; the task
-heads keep their initialisation; a file for another model is refused naming the layer and shapes."""
+heads keep their initialisation; a file for another model is refused naming the layer and shapes; the
+default rescaling keeps the network's function and puts every conv back at its initial norm."""
 
 import pytest
 import torch
@@ -7,7 +8,13 @@ import torch
 from sparseg.config import ModelConfig
 from sparseg.engine.checkpoint import save_checkpoint
 from sparseg.models import DPT, WeightsError, create_model
-from sparseg.models.weights import load_pretrained_model, pretrained_file, read_pretrained, transferable_state
+from sparseg.models.weights import (
+    conv_bn_pairs,
+    load_pretrained_model,
+    pretrained_file,
+    read_pretrained,
+    transferable_state,
+)
 
 
 def resnet_config(**options):
@@ -30,7 +37,7 @@ def test_resnet_families_load_encoder_and_decoder_but_not_task_heads(tmp_path, o
     source = create_model(cfg, 5)
     path = write_pretrained(source, cfg, tmp_path / "pretrained.pt")
     torch.manual_seed(1)
-    target = create_model(cfg.model_copy(update={"pretrained": str(path)}), 3)  # another class count
+    target = create_model(cfg.model_copy(update={"pretrained": str(path), "pretrained_rescale": False}), 3)
     for key, value in transferable_state(source).items():
         assert torch.equal(target.state_dict()[key], value), key
     assert target.classifier.weight.shape[0] == 3
@@ -51,7 +58,7 @@ def test_dpt_family_loads_through_the_same_path():
 
     source, target = tiny_dpt(0), tiny_dpt(1)
     config = {"model": {"name": "dpt", "encoder": "dinov2_small"}, "method": {"name": "ddep"}}
-    load_pretrained_model(target, pretrained_file(source, config, 1), "pretrained.pt")
+    load_pretrained_model(target, pretrained_file(source, config, 1), "pretrained.pt", rescale=False)
     for key, value in transferable_state(source).items():
         assert torch.equal(target.state_dict()[key], value), key
     assert any(k.startswith("encoder.") for k in transferable_state(source))
@@ -81,3 +88,63 @@ def test_layout_sparseg_refuses_other_weight_files(tmp_path):
     with pytest.raises(WeightsError, match="not a `sparseg pretrain` file"):
         create_model(resnet_config(pretrained=str(encoder_only), pretrained_layout="sparseg"), 3)
     create_model(resnet_config(pretrained=str(encoder_only)), 3)  # auto: the plain encoder layout still works
+
+
+def inflated_pretrained(cfg, path, factor=1.7):
+    """A pretrained file whose conv weights are ``factor`` times an initialisation's (as after AdamW), with
+    BatchNorm statistics gathered for them."""
+    torch.manual_seed(0)
+    source = create_model(cfg, 3)
+    with torch.no_grad():
+        for name, weight in source.named_parameters():
+            if weight.dim() == 4 and not name.startswith("classifier"):
+                weight.mul_(factor)
+        source.train()(torch.rand(4, 3, 64, 64))
+    return write_pretrained(source, cfg, path)
+
+
+def test_every_resnet_and_decoder_conv_feeds_a_batchnorm():
+    model = create_model(resnet_config(), 3)
+    pairs = conv_bn_pairs(model)
+    convs = [k[: -len(".weight")] for k, v in transferable_state(model).items() if k.endswith("weight") and v.dim() == 4]
+    assert sorted(pairs) == sorted(convs) and len(convs) == 29  # 20 + 3 downsample + ASPP 5, project, reduce, fuse 2
+    assert pairs["encoder.layer2.0.downsample.0"] == "encoder.layer2.0.downsample.1"
+    assert "classifier" not in pairs
+
+
+def test_rescaling_restores_initial_norms_and_keeps_the_function(tmp_path):
+    cfg = resnet_config()
+    path = inflated_pretrained(cfg, tmp_path / "pretrained.pt")
+    torch.manual_seed(1)
+    fresh = create_model(cfg, 3)
+    torch.manual_seed(1)
+    kept = create_model(cfg.model_copy(update={"pretrained": str(path), "pretrained_rescale": False}), 3)
+    torch.manual_seed(1)
+    rescaled = create_model(cfg.model_copy(update={"pretrained": str(path)}), 3)
+    for conv in conv_bn_pairs(fresh):
+        weight = f"{conv}.weight"
+        assert torch.allclose(rescaled.state_dict()[weight].norm(), fresh.state_dict()[weight].norm(), rtol=1e-5)
+        assert torch.allclose(kept.state_dict()[weight].norm(), 1.7 * fresh.state_dict()[weight].norm(), rtol=0.15)
+    for model in (kept, rescaled):  # BatchNorm's eps is the only term that sees the scale
+        for bn in model.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.eps = 1e-12
+    x = torch.rand(2, 3, 64, 64)
+    for training in (False, True):
+        outputs = []
+        for model in (kept, rescaled):
+            torch.manual_seed(2)  # the same dropout masks
+            with torch.no_grad():
+                outputs.append(model.train(training)(x)["pred"])
+        assert torch.allclose(outputs[0], outputs[1], atol=1e-4, rtol=1e-4), training
+
+
+def test_rescaling_is_reported_and_leaves_a_model_without_batchnorm_alone(tmp_path, caplog):
+    cfg = resnet_config()
+    path = inflated_pretrained(cfg, tmp_path / "pretrained.pt")
+    target = create_model(cfg, 3)
+    report = load_pretrained_model(target, read_pretrained(path), str(path))
+    assert len(report.rescaled) == 29 and all(0.5 < c < 0.7 for c in report.rescaled.values())  # ~1/1.7, another init
+    assert "29 convs rescaled to their initial norm" in str(report)
+    no_bn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    assert conv_bn_pairs(no_bn) == {}

@@ -34,7 +34,7 @@ def test_pretrain_then_train_from_its_file(tmp_path, capsys):
     pretrained = torch.load(tmp_path / "pre" / "pretrained.pt", weights_only=True)["state_dict"]
 
     finetune = write_config(tmp_path / "train.yaml", root, "supervised", tmp_path / "ft",
-                            pretrained=str(tmp_path / "pre" / "pretrained.pt"))
+                            pretrained=str(tmp_path / "pre" / "pretrained.pt"), pretrained_rescale=False)
     assert main(["train", finetune, "--set", "train.iters=1", "optim.base_lr=1e-12"]) == 0
     tuned = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)["method"]
     # one step at a vanishing learning rate: the weights are still the pretrained ones
