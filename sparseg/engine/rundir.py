@@ -1,7 +1,8 @@
 """The run folder: one training at a time, and a run that is new, resumed or overwritten, never mixed.
 
-- ``OUT/train.lock`` holds the pid and host of the training that writes the folder; a second training is
-  refused while that process lives (a lock left by a dead process on this host is taken over).
+- ``OUT/train.lock`` holds the pid, start time and host of the training that writes the folder; a second
+  training is refused while that process lives (a lock left by a dead process on this host is taken over,
+  also when its pid now belongs to another process: the start times differ, where the system tells them).
 - A folder holding a run's files is continued with ``--resume`` (which needs ``last.pt``) or started over
   with ``--overwrite``, which moves those files into ``OUT/previous-<time>/``; nothing is deleted.
 """
@@ -69,17 +70,28 @@ def move_aside(out_dir: Path) -> Path | None:
     return target
 
 
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux ``/proc``); None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2 :].split()[19]  # field 22, counted after the parenthesised command name
+
+
 def _owner_alive(owner: dict) -> bool:
     """Whether the process named in a lock may still run (only a pid on this host can be checked)."""
     if owner.get("host") != socket.gethostname() or sys.platform == "win32":  # os.kill(pid, 0) kills on Windows
         return True
+    pid = int(owner["pid"])
     try:
-        os.kill(int(owner["pid"]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's live process
-        return True
-    return True
+        pass
+    recorded, current = owner.get("pid_start"), _process_start(pid)
+    return recorded is None or current is None or recorded == current  # else the pid was reused
 
 
 def _read_lock(path: Path) -> tuple[str, dict | None]:
@@ -113,7 +125,7 @@ class RunLock:
 
     def acquire(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        content = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+        content = json.dumps({"pid": os.getpid(), "pid_start": _process_start(os.getpid()), "host": socket.gethostname(),
                               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "token": os.urandom(8).hex()})
         for attempt in range(2):
             if self._create(content):

@@ -50,6 +50,28 @@ def test_second_training_is_refused_while_the_first_lives_and_a_dead_ones_lock_i
     assert (run / "last.pt").exists() and not (run / LOCK_NAME).exists()
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times need Linux /proc")
+def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path):
+    import os
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = RunLock(run)
+    lock.acquire()
+    owner = json.loads((run / LOCK_NAME).read_text())
+    assert owner["pid"] == os.getpid() and owner["pid_start"]
+    lock._release.detach()  # as if this process had been killed: the lock file stays behind
+    # the same pid, started at another time: a new process that reuses the dead one's pid
+    (run / LOCK_NAME).write_text(json.dumps({**owner, "pid_start": str(int(owner["pid_start"]) - 1)}))
+    taker = RunLock(run)
+    taker.acquire()
+    assert json.loads((run / LOCK_NAME).read_text())["token"] != owner["token"]
+    taker.release()
+    (run / LOCK_NAME).write_text(json.dumps(owner))  # the live owner itself is still respected
+    with pytest.raises(RunDirError, match="in use by another training"):
+        RunLock(run).acquire()
+
+
 def test_a_lock_from_another_host_is_respected(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
