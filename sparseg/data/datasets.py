@@ -407,7 +407,7 @@ def resolve_list(cfg: DataConfig, list_key: str) -> Path:
     under_root = Path(cfg.root) / path
     if under_root.exists():
         return under_root
-    raise ConfigError(f"data.{list_key}: no split list or image folder at {path} or {under_root}")
+    raise ConfigError(f"data.{list_key}: split list or image folder not found at {path} or {under_root}")
 
 
 def build_dataset(cfg: DataConfig, list_key: str, labeled: bool, transform) -> SegmentationDataset:
