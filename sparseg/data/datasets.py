@@ -396,15 +396,17 @@ class SegmentationDataset(Dataset):
 
 
 def resolve_list(cfg: DataConfig, list_key: str) -> Path:
-    """The split list (or image folder) named by ``cfg.<list_key>``: as given if it exists, else relative to
-    ``cfg.root``."""
+    """The split list named by ``cfg.<list_key>``: as given if it exists, else relative to ``cfg.root``; a
+    relative image folder is looked up under ``cfg.root`` first (``.`` is the root, not the working folder)."""
     value = getattr(cfg, list_key)
     if value is None:
         raise ConfigError(f"data.{list_key} is not set")
     path = Path(value)
+    under_root = Path(cfg.root) / path
+    if not path.is_absolute() and under_root.is_dir():
+        return under_root
     if path.exists() or path.is_absolute():
         return path
-    under_root = Path(cfg.root) / path
     if under_root.exists():
         return under_root
     raise ConfigError(f"data.{list_key}: split list or image folder not found at {path} or {under_root}")

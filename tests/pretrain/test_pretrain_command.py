@@ -66,8 +66,8 @@ def test_pretrain_runs_under_torchrun_with_unused_class_heads(tmp_path):
     assert torch.load(tmp_path / "pre" / "pretrained.pt", weights_only=True)["iteration"] == 2
 
 
-def test_pretrain_on_a_plain_image_folder(tmp_path):
-    """No list and no masks: ``data.train_list`` names the folder, nested folders included."""
+def test_pretrain_on_a_plain_image_folder(tmp_path, monkeypatch):
+    """No list and no masks: ``data.train_list`` names the folder (``.``: the root, not the working folder)."""
     import numpy as np
     from PIL import Image
 
@@ -84,5 +84,7 @@ def test_pretrain_on_a_plain_image_folder(tmp_path):
         "train": {"iters": 1, "eval_every": 0, "log_every": 1, "device": "cpu"},
         "method": {"name": "mim", "patch": 8},
     }))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # an empty working folder: "." must not mean it
     assert main(["pretrain", str(config)]) == 0
     assert torch.load(tmp_path / "pre" / "pretrained.pt", weights_only=True)["iteration"] == 1
