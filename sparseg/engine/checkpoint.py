@@ -11,8 +11,14 @@ import torch
 from sparseg.serialization import safe_torch_load, write_atomic
 
 FORMAT_VERSION = 2  # 2: tensors and plain data only (1 also held numpy's RNG state as an array)
-# format 1 files load with numpy's uint32 array reconstruction allowed, and nothing else
-_FORMAT_1_GLOBALS = (np.zeros(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32)))
+# format 1 files load with numpy's uint32 array reconstruction allowed, and nothing else. numpy 1 pickles
+# name it numpy.core.multiarray._reconstruct, numpy 2 numpy._core...: both names are allowed (torch >= 2.6
+# matches a global by the name given with it), so a file outlives a numpy upgrade or downgrade.
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]
+_FORMAT_1_GLOBALS = (
+    *((_RECONSTRUCT, f"{module}.multiarray._reconstruct") for module in ("numpy.core", "numpy._core")),
+    np.ndarray, np.dtype, type(np.dtype(np.uint32)),
+)
 
 
 class CheckpointError(RuntimeError):

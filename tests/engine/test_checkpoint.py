@@ -1,3 +1,7 @@
+import re
+import zipfile
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -63,8 +67,22 @@ def test_random_states_round_trip_through_a_plain_checkpoint(tmp_path):
     assert (random.random(), np.random.normal()) == expected[:2] and torch.equal(torch.rand(1), expected[2])
 
 
-def test_format_1_checkpoint_with_numpy_random_state_still_loads(tmp_path):
-    """Checkpoints written before format 2 held numpy's RNG state as an array: only that is allowed extra."""
+def _rename_numpy_core(path: Path, numpy_core: str) -> None:
+    """Rewrite a torch file's pickle as a numpy whose array module is ``numpy_core`` (numpy 1: ``numpy.core``,
+    numpy 2: ``numpy._core``) would have written it."""
+    with zipfile.ZipFile(path) as source:
+        members = [(info, source.read(info)) for info in source.infolist()]
+    with zipfile.ZipFile(path, "w") as target:
+        for info, data in members:
+            if info.filename.endswith("/data.pkl"):
+                data = re.sub(rb"numpy\._?core\.multiarray", numpy_core.encode() + b".multiarray", data)
+            target.writestr(info, data)
+
+
+@pytest.mark.parametrize("numpy_core", ["numpy.core", "numpy._core"])
+def test_format_1_checkpoint_with_numpy_random_state_still_loads(tmp_path, numpy_core):
+    """Checkpoints written before format 2 held numpy's RNG state as an array: only that is allowed extra,
+    under the name numpy 1 gives it as well as numpy 2's (a file outlives a numpy upgrade)."""
     import random
 
     import numpy as np
@@ -76,6 +94,8 @@ def test_format_1_checkpoint_with_numpy_random_state_still_loads(tmp_path):
     expected = np.random.rand()
     path = tmp_path / "old.pt"
     torch.save({"format_version": 1, "config": {}, "rng": rng}, path)
+    _rename_numpy_core(path, numpy_core)
+    assert f"{numpy_core}.multiarray".encode() in zipfile.ZipFile(path).read("old/data.pkl")
     np.random.seed(0)
     set_rng_state(load_checkpoint(path)["rng"])
     assert np.random.rand() == expected
