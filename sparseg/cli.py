@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as err:
         if os.environ.get("SPARSEG_DEBUG"):
             raise
-        print(f"error: {describe(err)}", file=sys.stderr)
+        sys.stderr.write(f"error: {describe(err)}\n")  # one write: torchrun's ranks share the stream
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

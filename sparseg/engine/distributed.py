@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from sparseg.config import ConfigError
 
@@ -58,6 +60,30 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
             raise ConfigError(f"train.device={requested} but only {torch.cuda.device_count()} GPU(s) are visible")
         torch.cuda.set_device(device)
     return device
+
+
+def wrap_ddp(module: torch.nn.Module, device: torch.device, find_unused_parameters: bool) -> DistributedDataParallel:
+    """``module`` in DDP. Buffers are never broadcast (BatchNorm statistics, EMA teachers and memory banks stay
+    each process's own, at start and at every forward): ``broadcast_buffers=False``, whose deprecation
+    warning (torch 2.13) is silenced because its replacement ``forward_sync_buffers=False`` would still
+    copy rank 0's buffers once at the start, and torch 2.6 does not have it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+        return DistributedDataParallel(
+            module,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+            find_unused_parameters=find_unused_parameters,
+        )
+
+
+def share_from_main(value: object, info: DistInfo) -> object:
+    """``value`` as the main process holds it, on every process of a torchrun launch (else ``value``)."""
+    if not info.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier() -> None:

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from sparseg.config import Config, dump_config
@@ -27,10 +26,10 @@ from sparseg.data import (
     shard_indices,
 )
 from sparseg.engine.checkpoint import CheckpointError, load_checkpoint, load_module_state, save_checkpoint
-from sparseg.engine.distributed import DistInfo, init_distributed, resolve_device
+from sparseg.engine.distributed import DistInfo, init_distributed, resolve_device, share_from_main, wrap_ddp
 from sparseg.engine.logger import RunLogger, plot_curves
 from sparseg.engine.optim import build_optimizer, poly_factor, scaled_lr, set_lr
-from sparseg.engine.rundir import RunLock, check_run_dir, claim_run_dir
+from sparseg.engine.rundir import RunDirError, RunLock, check_run_dir, claim_run_dir
 from sparseg.eval import EvalResult, evaluate
 from sparseg.eval.probe import linear_probe
 from sparseg.methods import create_method, method_class
@@ -131,12 +130,7 @@ class Trainer:
         if self.dist.enabled:
             if self.device.type == "cuda":  # student and teacher alike (CPU has no SyncBatchNorm)
                 self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
-            self.ddp = DistributedDataParallel(
-                self.method,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,
-                find_unused_parameters=self.method.unused_parameters,
-            )
+            self.ddp = wrap_ddp(self.method, self.device, self.method.unused_parameters)
         else:
             self.ddp = self.method
 
@@ -151,11 +145,19 @@ class Trainer:
         last = self.out_dir / "last.pt"
         if resume:
             self._resume(last)
-        # the main process writes the run folder: lock it, and move an overwritten run aside
+        # the main process writes the run folder: lock it, and move an overwritten run aside; a refusal ends
+        # every process with the same message (not rank 0 alone while the others wait for it)
         self.run_lock: RunLock | None = None
         moved_to = None
+        refusal = None
         if self.dist.is_main:
-            self.run_lock, moved_to = claim_run_dir(self.out_dir, resume, overwrite)
+            try:
+                self.run_lock, moved_to = claim_run_dir(self.out_dir, resume, overwrite)
+            except RunDirError as err:
+                refusal = str(err)
+        refusal = share_from_main(refusal, self.dist)
+        if refusal is not None:
+            raise RunDirError(refusal)
         self.logger = RunLogger(
             self.out_dir, self.total_iters, start_iter=self.iteration, fresh=not resume,
             enabled=self.dist.is_main and not quiet,

@@ -57,3 +57,27 @@ def test_torchrun_two_processes_match_one(tmp_path):
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["num_images"] == 5
     assert abs(result["miou"] - ddp_miou) < 1e-6
+
+
+def test_torchrun_refused_run_folder_ends_every_process_with_the_same_line(tmp_path):
+    """The main process claims the run folder; when it is refused (here: locked by this live process),
+    every rank reports it and exits 2, none goes on to wait for rank 0 in the first collective."""
+    from sparseg.engine.rundir import RunLock
+
+    root = make_synthetic_dataset(tmp_path / "data", n_train=16, n_val=5, size=32, seed=0)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(CONFIG.format(root=root))
+    lock = RunLock(tmp_path / "busy")
+    lock.acquire()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "sparseg", "train", str(cfg), "--out", str(tmp_path / "busy")],
+        check=False, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert [p.name for p in (tmp_path / "busy").iterdir()] == ["train.lock"]  # still ours, nothing written
+    lock.release()
+    assert run.returncode != 0
+    refusals = [line for line in run.stderr.splitlines() if line.startswith("error: ") and "is in use" in line]
+    assert len(refusals) == 2, run.stderr[-3000:]
+    assert "Warning" not in run.stderr, run.stderr[:2000]
