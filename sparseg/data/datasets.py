@@ -397,7 +397,9 @@ class SegmentationDataset(Dataset):
 
 def resolve_list(cfg: DataConfig, list_key: str) -> Path:
     """The split list named by ``cfg.<list_key>``: as given if it exists, else relative to ``cfg.root``; a
-    relative image folder is looked up under ``cfg.root`` first (``.`` is the root, not the working folder)."""
+    relative image folder is looked up under ``cfg.root`` first (``.`` is the root, not the working folder).
+    A relative list file present both in the working folder and under the root with other contents is
+    refused: which one was meant cannot be told."""
     value = getattr(cfg, list_key)
     if value is None:
         raise ConfigError(f"data.{list_key} is not set")
@@ -405,6 +407,10 @@ def resolve_list(cfg: DataConfig, list_key: str) -> Path:
     under_root = Path(cfg.root) / path
     if not path.is_absolute() and under_root.is_dir():
         return under_root
+    if path.is_file() and not path.is_absolute() and under_root.is_file() and not path.samefile(under_root) \
+            and path.read_bytes() != under_root.read_bytes():
+        raise ConfigError(f"data.{list_key}: {path} names two different lists, {path.resolve()} (working folder) "
+                          f"and {under_root} (under data.root); give the one you mean as an absolute path")
     if path.exists() or path.is_absolute():
         return path
     if under_root.exists():

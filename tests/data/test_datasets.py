@@ -202,3 +202,24 @@ def test_list_path_relative_to_root_and_loader_with_stream_sampler(tmp_path: Pat
     assert all(torch.equal(a[k], b[k]) for a, b in zip(first, second) for k in a)
     with pytest.raises(ConfigError, match="data.val_list is not set"):
         build_dataset(cfg, "val_list", True, EvalTransform())
+
+
+def test_a_list_in_both_the_working_folder_and_the_root_must_be_the_same_list(tmp_path, monkeypatch):
+    """A relative list is taken as given (working folder) first, then under data.root; when both exist with
+    other contents the run is refused, naming the key and both files, instead of silently reading one."""
+    from sparseg.data.datasets import resolve_list
+
+    root, work = tmp_path / "root", tmp_path / "work"
+    (root / "splits").mkdir(parents=True)
+    (work / "splits").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    cfg = DataConfig(dataset="folder", root=str(root), num_classes=2, val_list="splits/val.txt")
+    (root / "splits" / "val.txt").write_text("a.png\n")
+    assert resolve_list(cfg, "val_list") == root / "splits" / "val.txt"  # only under the root
+    (work / "splits" / "val.txt").write_text("a.png\n")
+    assert resolve_list(cfg, "val_list") == Path("splits/val.txt")  # both, the same list: no question
+    (work / "splits" / "val.txt").write_text("b.png\n")
+    with pytest.raises(ConfigError, match=r"data\.val_list: splits/val\.txt names two different lists.*work.*root"):
+        resolve_list(cfg, "val_list")
+    (root / "splits" / "val.txt").unlink()
+    assert resolve_list(cfg, "val_list") == Path("splits/val.txt")  # only in the working folder
