@@ -29,6 +29,13 @@ def embedding_spread(features: Tensor, generator: torch.Generator, pixels: int) 
     return flat[pick].std(0).mean() * math.sqrt(flat.shape[1])
 
 
+def weighted_mse(predicted: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Squared error averaged over channels, then over pixels with weight 1 (``weight`` [B,H,W] in {0, 1}):
+    the loss of both pretraining methods (DDeP: valid decoder cells, MIM: masked pixels inside the crop)."""
+    error = (predicted.float() - target).pow(2).mean(1)
+    return (error * weight).sum() / weight.sum().clamp(min=1)
+
+
 class GridHead(nn.Module):
     """1x1 conv to C_out·r² channels and pixel shuffle: ``fts`` [B,C,h,w] -> [B,C_out,r·h,r·w], resized to ``size``."""
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from sparseg.methods import register_method
 from sparseg.methods.base import Step, step_generator
-from sparseg.pretrain.base import GridHead, PretrainingConfig, PretrainingMethod, embedding_spread
+from sparseg.pretrain.base import GridHead, PretrainingConfig, PretrainingMethod, embedding_spread, weighted_mse
 
 
 class DDePConfig(PretrainingConfig):
@@ -39,12 +39,6 @@ def corrupt(x: Tensor, noise: Tensor, gamma: Tensor, sigma: float) -> Tensor:
     gamma = gamma.view(-1, 1, 1, 1)
     u = 2 * x - 1
     return (gamma.sqrt() * u + (1 - gamma).sqrt() * sigma * noise + 1) / 2
-
-
-def denoising_loss(predicted: Tensor, noise: Tensor, valid: Tensor) -> Tensor:
-    """Mean squared error ||ε̂ − ε||² over valid pixels (crop padding excluded), averaged over channels."""
-    error = (predicted.float() - noise).pow(2).mean(1)
-    return (error * valid).sum() / valid.sum().clamp(min=1)
 
 
 @register_method("ddep")
@@ -70,5 +64,5 @@ class DDeP(PretrainingMethod):
         predicted = self.head(fts, grid)
         self.spread = float(embedding_spread(fts, generator, self.cfg.monitor_pixels))
         cell_valid = F.interpolate(valid[:, None], size=grid, mode="nearest")[:, 0]
-        loss = denoising_loss(predicted, noise, cell_valid)
+        loss = weighted_mse(predicted, noise, cell_valid)  # L = ‖ε̂ − ε‖² over valid cells (§1)
         return {"loss": loss, "denoise": loss.detach()}

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from sparseg.methods import register_method
 from sparseg.methods.base import Step, step_generator
 from sparseg.models.deeplabv3plus import IMAGENET_MEAN
-from sparseg.pretrain.base import GridHead, PretrainingConfig, PretrainingMethod, embedding_spread
+from sparseg.pretrain.base import GridHead, PretrainingConfig, PretrainingMethod, embedding_spread, weighted_mse
 
 
 class MIMConfig(PretrainingConfig):
@@ -49,12 +49,6 @@ def normalised_targets(images: Tensor, patch: int) -> Tensor:
     return (images - mean) / std
 
 
-def masked_loss(predicted: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-    """Mean squared error over pixels with weight 1 (masked and inside the crop), channels averaged."""
-    error = (predicted.float() - target).pow(2).mean(1)
-    return (error * weight).sum() / weight.sum().clamp(min=1)
-
-
 @register_method("mim")
 class MaskedImageModelling(PretrainingMethod):
     Config = MIMConfig
@@ -75,5 +69,5 @@ class MaskedImageModelling(PretrainingMethod):
         predicted = self.head(fts, (h, w))
         target = normalised_targets(images, self.cfg.patch) if self.cfg.norm_targets else images
         self.spread = float(embedding_spread(fts, generator, self.cfg.monitor_pixels))
-        loss = masked_loss(predicted, target, (masked & valid).float())
+        loss = weighted_mse(predicted, target, (masked & valid).float())  # masked pixels only
         return {"loss": loss, "reconstruct": loss.detach()}
