@@ -149,13 +149,15 @@ class Trainer:
         # every process with the same message (not rank 0 alone while the others wait for it)
         self.run_lock: RunLock | None = None
         moved_to = None
-        refusal = None
+        failure = None
         if self.dist.is_main:
             try:
                 self.run_lock, moved_to = claim_run_dir(self.out_dir, resume, overwrite)
-            except RunDirError as err:
-                refusal = str(err)
-        refusal = share_from_main(refusal, self.dist)
+            except Exception as err:  # noqa: BLE001 -- shared with the other processes, then raised as it is
+                failure = err
+        refusal = share_from_main(None if failure is None else str(failure), self.dist)
+        if failure is not None:
+            raise failure
         if refusal is not None:
             raise RunDirError(refusal)
         self.logger = RunLogger(
