@@ -42,7 +42,8 @@ TORCHRUN=("$PY" -m torch.distributed.run --standalone --nproc_per_node=1)
 if [ $DRY = 1 ]; then
   MODE=cpu
   export CUDA_VISIBLE_DEVICES="" OMP_NUM_THREADS=1
-  LIMIT_DATA=60 LIMIT_TRAIN=120 LIMIT_RESUME=90 LIMIT_DENSITY=60 LIMIT_THROUGHPUT=90
+  # generous: the dry run checks the script, not speed, and may share a busy CPU (data: transformers' import)
+  LIMIT_DATA=240 LIMIT_TRAIN=240 LIMIT_RESUME=180 LIMIT_DENSITY=120 LIMIT_THROUGHPUT=180
   DENSITY_ARGS=(--device cpu --m 400 --n 400 --dim 32 --classes 2 --update 40 --repeats 1)
   THROUGHPUT_ARGS=(--configs configs/voc/supervised.yaml configs/voc/fixmatch.yaml --batch 2 --steps 1 --warmup 1
                    --device cpu --image-size 40 --set data.crop_size=32 data.workers=0 model.encoder=resnet18

@@ -28,7 +28,7 @@ def test_cpu_dry_run_runs_every_step_and_reports(tmp_path):
     out = tmp_path / "check"
     env = {**os.environ, "PYTHON": sys.executable}
     done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(out), "--cpu-dry-run"],
-                          check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+                          check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
     logs = {p.name: p.read_text()[-2000:] for p in (out / "logs").glob("*.log")}
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:], logs)
     report = json.loads((out / "gpu_check.json").read_text())
