@@ -63,10 +63,10 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
 
 
 def wrap_ddp(module: torch.nn.Module, device: torch.device, find_unused_parameters: bool) -> DistributedDataParallel:
-    """``module`` in DDP. Buffers are never broadcast (BatchNorm statistics, EMA teachers and memory banks stay
-    each process's own, at start and at every forward): ``broadcast_buffers=False``, whose deprecation
-    warning (torch 2.13) is silenced because its replacement ``forward_sync_buffers=False`` would still
-    copy rank 0's buffers once at the start, and torch 2.6 does not have it."""
+    """``module`` in DDP with ``broadcast_buffers=False`` (buffers such as BatchNorm statistics are not copied
+    from rank 0, neither at the start nor before each forward). Its deprecation warning (torch 2.13) is
+    silenced: the replacement ``forward_sync_buffers=False`` still copies them once at the start, a different
+    behaviour, and torch 2.6 does not have it."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
         return DistributedDataParallel(
