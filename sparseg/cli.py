@@ -424,9 +424,24 @@ def describe(err: BaseException) -> str:
     return text
 
 
+def _report_loads() -> None:
+    """Library messages of the ``sparseg`` logger (e.g. what ``model.pretrained`` loaded): one plain line each on
+    stderr, from the main process only (torchrun's other ranks keep warnings)."""
+    import logging
+
+    log = logging.getLogger("sparseg")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     prepare_openmp()  # before anything imports torch
     args = build_parser().parse_args(argv)
+    _report_loads()
     try:
         apply_thread_policy()
         return COMMANDS[args.command](args)

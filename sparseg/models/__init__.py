@@ -17,7 +17,9 @@ from sparseg.models.weights import (
     LoadReport,
     WeightsError,
     load_encoder_weights,
+    TRAINED_FORMAT,
     load_pretrained_model,
+    load_trained_model,
     read_pretrained,
 )
 from sparseg.registry import Registry
@@ -68,7 +70,7 @@ def _dpt(cfg: ModelConfig, num_classes: int) -> DPT:
 
 def _load_resnet_weights(encoder: ResNet, cfg: ModelConfig) -> None:
     report = load_encoder_weights(encoder, cfg.pretrained, cfg.pretrained_layout)
-    logger.info("encoder weights from %s: %s", cfg.pretrained, report)
+    logger.info("model.pretrained: encoder weights from %s: %s", cfg.pretrained, report)
     if report.unexpected:
         logger.warning(
             "%d keys in %s are not in the encoder: %s",
@@ -92,20 +94,25 @@ def _sparseg_pretrained(cfg: ModelConfig) -> dict | None:
         raise WeightsError(f"model.pretrained: {path} not found (layout sparseg needs a `sparseg pretrain` file)")
     contents = read_pretrained(path) if path.is_file() else None
     if contents is None and cfg.pretrained_layout == "sparseg":
-        raise WeightsError(f"model.pretrained: {path} is not a `sparseg pretrain` file (OUT/pretrained.pt); "
-                           "set model.pretrained_layout to auto for other weights")
+        raise WeightsError(f"model.pretrained: {path} is neither a `sparseg pretrain` file (OUT/pretrained.pt) nor "
+                           "a `sparseg train` checkpoint; set model.pretrained_layout to auto for other weights")
     return contents
 
 
 def create_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     """Build model ``cfg.name`` and load ``cfg.pretrained``: a ``sparseg pretrain`` file fills the encoder and
-    decoder; other weights files fill the encoder (the factory's job)."""
+    decoder, a ``sparseg train`` checkpoint the whole model (heads where they fit); other weights files fill the
+    encoder (the factory's job). Each load is reported in one line on the ``sparseg`` logger."""
     pretrained = _sparseg_pretrained(cfg)
     if pretrained is None:
         return MODELS.get(cfg.name)(cfg, num_classes)
     model = MODELS.get(cfg.name)(cfg.model_copy(update={"pretrained": None}), num_classes)
-    report = load_pretrained_model(model, pretrained, cfg.pretrained, rescale=cfg.pretrained_rescale)
-    logger.info("encoder and decoder weights from %s: %s", cfg.pretrained, report)
+    if pretrained["format"] == TRAINED_FORMAT:
+        report = load_trained_model(model, pretrained, cfg.pretrained)
+        logger.info("model.pretrained: whole model from %s: %s", cfg.pretrained, report)
+    else:
+        report = load_pretrained_model(model, pretrained, cfg.pretrained, rescale=cfg.pretrained_rescale)
+        logger.info("model.pretrained: encoder and decoder from %s: %s", cfg.pretrained, report)
     return model
 
 

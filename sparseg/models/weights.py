@@ -19,6 +19,7 @@ from sparseg.serialization import safe_torch_load
 
 LAYOUTS = ("auto", "deepstem", "torchvision", "timm", "mmseg", "sparseg")
 PRETRAINED_FORMAT = "sparseg-pretrained"  # `sparseg pretrain` output: encoder + decoder of one model config
+TRAINED_FORMAT = "sparseg-checkpoint"  # a `sparseg train` checkpoint (best.pt, last.pt): the whole trained model
 
 # checkpoint containers, in order of preference (protocols.md §5: UniMatch, U2PL/DGCL, mmseg)
 _CONTAINER_KEYS = ("state_dict", "model", "model_state", "model_ema", "teacher_state", "ema", "net")
@@ -48,6 +49,7 @@ class LoadReport:
     dropped: list[str] = field(default_factory=list)  # classifier / non-backbone keys set aside
     container: str | None = None  # checkpoint entry that held the state dict, e.g. "model"
     rescaled: dict[str, float] = field(default_factory=dict)  # conv -> factor applied (model.pretrained_rescale)
+    kept_heads: list[str] = field(default_factory=list)  # task heads left at their initialisation
 
     def __str__(self) -> str:
         parts = [f"layout {self.layout}", f"{len(self.loaded)} tensors loaded"]
@@ -59,6 +61,8 @@ class LoadReport:
             parts.append(f"{len(self.dropped)} dropped ({_listing(self.dropped, 3)})")
         if self.unexpected:
             parts.append(f"{len(self.unexpected)} unexpected ({_listing(self.unexpected, 3)})")
+        if self.kept_heads:
+            parts.append(f"heads kept at their initialisation: {', '.join(self.kept_heads)}")
         if self.rescaled:
             factors = self.rescaled.values()
             parts.append(f"{len(self.rescaled)} convs rescaled to their initial norm (x{min(factors):.2f}"
@@ -282,15 +286,34 @@ def pretrained_file(model: nn.Module, config: dict[str, Any], iteration: int) ->
     }
 
 
+def trained_model_state(checkpoint: Mapping[str, Any]) -> tuple[dict[str, Tensor], str]:
+    """The model weights of a training checkpoint and where they came from: the teacher where the method has one
+    (the model it reports and ``sparseg eval`` scores by default), else the student (``model``)."""
+    method_state = checkpoint["method"]
+    source = "teacher" if any(k.startswith("teacher.") for k in method_state) else "model"
+    prefix = f"{source}."
+    return {k[len(prefix):]: v for k, v in method_state.items() if k.startswith(prefix)}, source
+
+
 def read_pretrained(path: str | Path) -> dict[str, Any] | None:
-    """The contents of a ``sparseg pretrain`` file, or None when ``path`` holds another kind of weights.
+    """The contents of a ``sparseg pretrain`` file, or of a ``sparseg train`` checkpoint in the same shape
+    (format ``sparseg-checkpoint``), or None when ``path`` holds another kind of weights.
 
     The tensors are memory-mapped, so looking into a large encoder file here costs no full read."""
     try:
         raw = safe_torch_load(path, WeightsError, mmap=True)
     except RuntimeError:  # not a zip-format file (mmap needs one): not ours; the encoder loader reads it
         return None
-    return raw if isinstance(raw, Mapping) and raw.get("format") == PRETRAINED_FORMAT else None
+    if not isinstance(raw, Mapping):
+        return None
+    if raw.get("format") == PRETRAINED_FORMAT:
+        return raw
+    if isinstance(raw.get("method"), Mapping) and isinstance(raw.get("config"), Mapping) and "iteration" in raw:
+        state, source = trained_model_state(raw)
+        return {"format": TRAINED_FORMAT, "source": source, "iteration": raw["iteration"],
+                "trained_with": raw["config"]["method"]["name"], "model": raw["config"]["model"],
+                "config": raw["config"], "state_dict": state}
+    return None
 
 
 def conv_bn_pairs(model: nn.Module, size: int = 112) -> dict[str, str]:
@@ -338,6 +361,44 @@ def _rescale_to_initial_norms(model: nn.Module, pairs: dict[str, str], initial: 
     return factors
 
 
+def _fit_hint(pretrained: Mapping[str, Any]) -> str:
+    was = pretrained.get("model", {})
+    verb = "trained" if pretrained.get("format") == TRAINED_FORMAT else "pretrained"
+    return (f"; it was {verb} with model.name={was.get('name')}, encoder={was.get('encoder')}, "
+            f"width={was.get('width')}, stem={was.get('stem')}, decoder_channels={was.get('decoder_channels')}")
+
+
+def load_trained_model(model: nn.Module, trained: Mapping[str, Any], where: str) -> LoadReport:
+    """Load a training checkpoint's model (``read_pretrained`` of a ``sparseg train`` file) into ``model``.
+
+    Encoder and decoder must match key for key and shape for shape (else nothing is copied); task heads
+    (classifier, aux, projection) are loaded where the file has them with the same shape and otherwise keep
+    their initialisation (another class count, a head the file's model lacked). No rescaling: the weights were
+    trained for a segmentation task, at the scale its optimiser left them.
+    """
+    state = trained["state_dict"]
+    target = model.state_dict()
+    body = transferable_state(model)
+    absent = [k for k in body if k not in state and not k.endswith("num_batches_tracked")]
+    heads = tuple(f"{name}." for name in getattr(model, "task_heads", ()))
+    extra = [k for k in state if k not in target and not k.startswith(heads)]
+    if absent or extra:
+        parts = ([f"lacks {len(absent)} model keys ({_listing(absent, 3)})"] if absent else []) + (
+            [f"has {len(extra)} keys the model lacks ({_listing(extra, 3)})"] if extra else [])
+        raise WeightsError(f"{where} does not fit this model: it {' and '.join(parts)}{_fit_hint(trained)}")
+    mismatched = [f"{k} {list(state[k].shape)} in the file vs {list(v.shape)} in the model"
+                  for k, v in body.items() if k in state and state[k].shape != v.shape]
+    if mismatched:
+        raise WeightsError(f"{where} does not fit this model: {len(mismatched)} shape mismatches, "
+                           f"{_listing(mismatched, 2)}{_fit_hint(trained)}")
+    loaded = [k for k, v in target.items() if k in state and state[k].shape == v.shape]
+    kept = sorted({k.split(".")[0] for k in target if k not in loaded and k.startswith(heads)})
+    dropped = [k for k in state if k not in loaded and k.startswith(heads)]
+    model.load_state_dict({k: state[k] for k in loaded}, strict=False)
+    return LoadReport(layout=f"{TRAINED_FORMAT} ({trained['source']} of a '{trained['trained_with']}' run at "
+                             f"iteration {trained['iteration']})", loaded=loaded, dropped=dropped, kept_heads=kept)
+
+
 def load_pretrained_model(model: nn.Module, pretrained: Mapping[str, Any], where: str,
                           rescale: bool = True) -> LoadReport:
     """Load a ``sparseg pretrain`` file's encoder and decoder into ``model``; task heads keep their init.
@@ -349,9 +410,7 @@ def load_pretrained_model(model: nn.Module, pretrained: Mapping[str, Any], where
     """
     state = pretrained["state_dict"]
     target = transferable_state(model)
-    was = pretrained.get("model", {})
-    hint = (f"; it was pretrained with model.name={was.get('name')}, encoder={was.get('encoder')}, "
-            f"width={was.get('width')}, stem={was.get('stem')}, decoder_channels={was.get('decoder_channels')}")
+    hint = _fit_hint(pretrained)
     absent = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
     extra = [k for k in state if k not in target]
     if absent or extra:

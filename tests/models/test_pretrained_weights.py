@@ -85,7 +85,7 @@ def test_another_encoder_depth_is_refused_with_the_missing_keys(tmp_path):
 def test_layout_sparseg_refuses_other_weight_files(tmp_path):
     encoder_only = tmp_path / "resnet18.pth"
     torch.save(create_model(resnet_config(), 3).encoder.state_dict(), encoder_only)
-    with pytest.raises(WeightsError, match="not a `sparseg pretrain` file"):
+    with pytest.raises(WeightsError, match="neither a `sparseg pretrain` file"):
         create_model(resnet_config(pretrained=str(encoder_only), pretrained_layout="sparseg"), 3)
     create_model(resnet_config(pretrained=str(encoder_only)), 3)  # auto: the plain encoder layout still works
 
