@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from sparseg.config import Config, dump_config
@@ -81,12 +82,28 @@ class Stream:
     loader: DataLoader
 
 
-def build_method(cfg: Config, num_classes: int, dist_info: DistInfo | None = None) -> Method:
+def build_method(cfg: Config, num_classes: int, dist_info: DistInfo | None = None,
+                 class_prior: torch.Tensor | None = None) -> Method:
     """The model and method a config describes (no weights loaded besides ``model.pretrained``)."""
     dist_info = dist_info or DistInfo()
     model = create_model(cfg.model, num_classes)
-    context = MethodContext(num_classes=num_classes, seed=cfg.seed, world_size=dist_info.world_size, rank=dist_info.rank)
+    context = MethodContext(num_classes=num_classes, seed=cfg.seed, world_size=dist_info.world_size,
+                            rank=dist_info.rank, class_prior=class_prior)
     return create_method(cfg.method["name"], model, cfg.method_config(), context)
+
+
+def label_class_counts(dataset: SegmentationDataset, num_classes: int, dist_info: DistInfo) -> torch.Tensor:
+    """Pixels of each class over the masks of ``dataset`` (each process reads its share; summed over processes)."""
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    for index in shard_indices(len(dataset), dist_info.rank, dist_info.world_size):
+        entry = dataset.entries[index]
+        with Image.open(entry.mask) as mask:
+            size = mask.size
+        labels = torch.from_numpy(dataset.read_mask(entry, size).astype(np.int64)).flatten()
+        counts += torch.bincount(labels[labels < num_classes], minlength=num_classes)[:num_classes].double()
+    if dist_info.enabled:
+        torch.distributed.all_reduce(counts)
+    return counts
 
 
 class Trainer:
@@ -122,7 +139,12 @@ class Trainer:
         t = cfg.train
         self.total_iters = t.iters if t.iters is not None else t.epochs * self.iters_per_epoch
 
-        self.method = build_method(cfg, self.num_classes, self.dist).to(self.device)
+        method_cls = method_class(cfg.method["name"])
+        prior = None
+        if method_cls.wants_class_prior(cfg.method_config()):  # e.g. class-mix alignment of pseudo-labels
+            labeled = next(s.dataset for s in self.streams if s.name == "labeled")
+            prior = label_class_counts(labeled, self.num_classes, self.dist)
+        self.method = build_method(cfg, self.num_classes, self.dist, prior).to(self.device)
         if cfg.train.channels_last:
             self.method.to(memory_format=torch.channels_last)
         if cfg.train.compile:

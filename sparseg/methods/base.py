@@ -40,6 +40,7 @@ class MethodContext:
     seed: int = 0
     world_size: int = 1
     rank: int = 0
+    class_prior: torch.Tensor | None = None  # pixel count of each class in the labeled list (wants_class_prior)
 
 
 def step_generator(seed: int, iteration: int, purpose: str, index: int = 0) -> torch.Generator:
@@ -63,6 +64,11 @@ class Method(nn.Module):
     pretraining: ClassVar[bool] = False  # self-supervised pretraining (`sparseg pretrain`), no class labels
     evaluation: ClassVar[str] = "segmentation"  # or "linear_probe": score frozen features (sparseg.eval.probe)
     unused_parameters: ClassVar[bool] = False  # some model parameters get no gradient (DDP must be told)
+
+    @classmethod
+    def wants_class_prior(cls, cfg: MethodConfig) -> bool:
+        """Whether the run must count the labeled list's pixels per class into ``MethodContext.class_prior``."""
+        return False
 
     def __init__(self, model: nn.Module, cfg: MethodConfig, context: MethodContext) -> None:
         super().__init__()

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from sparseg.data.transforms import cutmix, random_area_boxes, strong_photometric
 from sparseg.engine.ema import create_teacher, ema_decay, ema_update, ema_update_buffers
+from sparseg.methods.alignment import ClassMixAlignment, PseudoLabelConfig
 from sparseg.methods.base import Method, MethodConfig, MethodContext, Step, step_generator
 from sparseg.methods.losses import upsample
 from sparseg.methods.supervised import SupervisedConfig, supervised_loss
@@ -56,6 +57,7 @@ class ConsistencyConfig(MethodConfig):
     ohem_thresh: float = Field(0.7, gt=0, le=1)
     ohem_min_kept: int = Field(200_000, ge=0)  # per process batch (the reference: per GPU)
     depmatch: dict[str, Any] | None = None  # DepMatch plug-in options (sparseg.plugins.depmatch)
+    pseudo_label: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)  # class-mix alignment
 
     @field_validator("blur_sigma", "cutmix_area", "cutmix_ratio")
     @classmethod
@@ -124,9 +126,14 @@ class ConsistencyMethod(Method):
     fp_weight: ClassVar[float] = 0.0  # w_fp
     demo_overrides: ClassVar[dict[str, Any]] = {"iters": 200}
 
+    @classmethod
+    def wants_class_prior(cls, cfg: ConsistencyConfig) -> bool:
+        return cfg.pseudo_label.align != "none"
+
     def __init__(self, model, cfg: ConsistencyConfig, context: MethodContext) -> None:
         super().__init__(model, cfg, context)
         self.teacher = create_teacher(model) if cfg.teacher == "ema" else None
+        self.alignment = ClassMixAlignment(cfg.pseudo_label, context.num_classes, context.class_prior)
         self.labeled_cfg = SupervisedConfig(
             loss=cfg.labeled_loss, ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept
         )
@@ -143,7 +150,7 @@ class ConsistencyMethod(Method):
         return {"teacher": self.teacher, "student": self.model}
 
     def extra_logs(self) -> dict[str, Any]:
-        return {key: float(value) for key, value in self._logs.items()}
+        return {**{key: float(value) for key, value in self._logs.items()}, **self.alignment.logs()}
 
     def generator(self, step: Step, purpose: str) -> torch.Generator:
         """A fresh CPU generator for (seed, iteration, purpose, rank)."""
@@ -172,20 +179,27 @@ class ConsistencyMethod(Method):
         return (index + 1) % n if self.cfg.cutmix_partner == "roll" else index.flip(0)
 
     @torch.no_grad()
-    def teacher_labels(self, x_u: Tensor, valid: Tensor) -> PseudoLabels:
+    def teacher_logits(self, x_u: Tensor) -> Tensor:
         """The EMA teacher's eval-mode prediction of the weak view."""
         self.teacher.eval()
-        return PseudoLabels.from_logits(self.teacher(x_u)["pred"], valid, self.plugin is not None)
+        return self.teacher(x_u)["pred"]
+
+    def pseudo_labels(self, logits: Tensor, valid: Tensor) -> PseudoLabels:
+        """P, c, ŷ of the weak view from the teacher's logits, class-mix aligned (sparseg/methods/alignment.py)."""
+        logits = logits.detach().float()
+        if self.alignment.active:
+            small_valid = F.interpolate(valid[:, None].float(), size=logits.shape[-2:], mode="nearest")[:, 0] > 0
+            logits = self.alignment(logits, small_valid)
+        return PseudoLabels.from_logits(logits, valid, self.plugin is not None)
 
     def forward(self, batch, step: Step):
         labeled, unlabeled = batch["labeled"], batch["unlabeled"]
         x_u, valid_u = unlabeled["image"], unlabeled["valid"]
         partner = self.partner(len(x_u), x_u.device)
         views = [self.strong_view(x_u, partner, step, v) for v in range(self.num_views)]
-        weak = self.teacher_labels(x_u, valid_u) if self.teacher is not None else None
+        teacher_logits = self.teacher_logits(x_u) if self.teacher is not None else None
         out = self.run_student(labeled["image"], x_u, [image for image, _ in views], step)
-        if weak is None:
-            weak = PseudoLabels.from_logits(out.weak, valid_u, self.plugin is not None)
+        weak = self.pseudo_labels(out.weak if teacher_logits is None else teacher_logits, valid_u)
 
         terms = supervised_loss(self.labeled_cfg, out.labeled, labeled["mask"])
         bracket = sum(terms.values())

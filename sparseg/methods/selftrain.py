@@ -26,6 +26,7 @@ from sparseg.data.transforms import cutmix, half_area_boxes
 from sparseg.engine.ema import copy_parameters, create_teacher, ema_decay, ema_update
 from sparseg.labels import IGNORE
 from sparseg.methods import register_method
+from sparseg.methods.alignment import ClassMixAlignment, PseudoLabelConfig
 from sparseg.methods.base import Method, MethodContext, Step, step_generator
 from sparseg.methods.losses import cross_entropy, upsample
 from sparseg.methods.supervised import SupervisedConfig, supervised_loss
@@ -46,6 +47,7 @@ class SelfTrainConfig(SupervisedConfig):
     cutmix_prob: float = Field(0.5, ge=0, le=1)  # one draw per filter group and iteration
     filter_group_size: int | None = Field(4, ge=1)  # unlabeled images per group; None: one group per process
     forward_unmixed_u: bool = False  # also forward the unmixed x_u through the student (changes BN batches)
+    pseudo_label: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)  # class-mix alignment
 
 
 @dataclass(frozen=True)
@@ -183,9 +185,14 @@ class SelfTrain(Method):
     streams = ("labeled", "unlabeled")
     demo_overrides: ClassVar[dict[str, Any]] = {"iters": 240}
 
+    @classmethod
+    def wants_class_prior(cls, cfg: SelfTrainConfig) -> bool:
+        return cfg.pseudo_label.align != "none"
+
     def __init__(self, model, cfg: SelfTrainConfig, context: MethodContext) -> None:
         super().__init__(model, cfg, context)
         self.teacher = create_teacher(model)
+        self.alignment = ClassMixAlignment(cfg.pseudo_label, context.num_classes, context.class_prior)
         self._logs: dict[str, float] = {}
         # per-class pixel counts of kept pseudo-labels and of labels since the last log (class collapse monitor)
         self._class_counts = {"pseudo_label_share": None, "label_share": None}
@@ -196,7 +203,7 @@ class SelfTrain(Method):
     def extra_logs(self) -> dict[str, Any]:
         """The scalars of the last step, and each class's share of the kept pseudo-labels and of the labeled
         pixels over the semi-supervised steps since the previous call (this process's batches)."""
-        logs: dict[str, Any] = dict(self._logs)
+        logs: dict[str, Any] = {**self._logs, **self.alignment.logs()}
         for name, counts in self._class_counts.items():
             if counts is not None:
                 logs[name] = [round(v, 5) for v in (counts / counts.sum().clamp_min(1)).tolist()]
@@ -264,6 +271,9 @@ class SelfTrain(Method):
         if cfg.teacher_mode == "eval":  # U2PL: a train-mode pass keeps the teacher's BN statistics current
             self.teacher.train()
             self.teacher_forward(x_teacher)
+        if self.alignment.active:  # class-mix alignment of the unlabeled logits (sparseg/methods/alignment.py)
+            valid_u = resize_nearest(unlabeled["valid"], tuple(teacher_pred.shape[-2:]))
+            teacher_pred[n_labeled:] = self.alignment(teacher_pred[n_labeled:], valid_u)
 
         drop_percent = cfg.unsup_drop_percent * (1.0 - semi_progress(step, cfg.warmup_epochs))
         self._logs["unsup_drop_percent"] = drop_percent

@@ -1,0 +1,102 @@
+"""Class-mix alignment of pseudo-labels (docs/methods/alignment.md): per-class logit biases b added to the
+teacher's logits before the argmax and the confidence or entropy filters, so that the pseudo-labels' class mix
+follows the labeled class prior π instead of erasing the classes an early teacher never predicts.
+
+- ``hard_share`` (docs/methods/alignment.md, "Hard-share alignment"): s is an EMA of each class's share of the
+  argmax of the biased logits over valid unlabeled pixels; every step b_c ← b_c + η · clip(log π_c − log s_c, −δ, δ).
+- ``mean_prob`` (ReMixMatch's distribution alignment, DebiasPL): p̄ is an EMA of the mean softmax of the unbiased
+  logits; b_c = log π_c − log p̄_c, i.e. p ← normalise(p · π / p̄).
+- ``none``: logits pass unchanged and nothing is updated (every reference preset).
+
+Classes absent from the labels (π_c = 0) keep b_c = 0. Under torch.distributed the per-class statistics are
+summed over processes, so every process holds the same b. b, s (or p̄) and π are buffers: saved and resumed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from pydantic import Field
+from torch import Tensor, nn
+
+from sparseg.methods.base import MethodConfig
+
+_EPS = 1e-6  # floor of a measured share or mean probability inside the log
+
+
+class PseudoLabelConfig(MethodConfig):
+    """``method.pseudo_label:`` keys of the pseudo-labelling methods."""
+
+    align: Literal["none", "hard_share", "mean_prob"] = "none"
+    momentum: float = Field(0.9, ge=0, lt=1)  # EMA momentum of the measured shares s (hard_share) or p̄ (mean_prob)
+    rate: float = Field(0.1, gt=0)  # η, hard_share's bias step per iteration
+    clip: float = Field(1.0, gt=0)  # δ, bound of one step's log-ratio
+
+
+def _all_reduce(tensor: Tensor) -> Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+class ClassMixAlignment(nn.Module):
+    """The biases of one method's pseudo-labels; ``forward(logits, valid)`` returns the logits to label with."""
+
+    def __init__(self, cfg: PseudoLabelConfig, num_classes: int, prior: Tensor | None) -> None:
+        super().__init__()
+        if cfg.align != "none" and prior is None:
+            raise ValueError(f"method.pseudo_label.align={cfg.align} needs the labeled class prior")
+        self.cfg = cfg
+        prior = torch.zeros(num_classes) if prior is None else prior.float()
+        saved = self.active  # with align none the method's checkpoint holds nothing of it
+        self.register_buffer("prior", prior / prior.sum().clamp_min(1e-12), persistent=saved)  # π
+        self.register_buffer("bias", torch.zeros(num_classes), persistent=saved)  # b
+        self.register_buffer("share", torch.zeros(num_classes), persistent=saved)  # s or p̄, EMA
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long), persistent=saved)
+
+    @property
+    def active(self) -> bool:
+        return self.cfg.align != "none"
+
+    @torch.no_grad()
+    def forward(self, logits: Tensor, valid: Tensor) -> Tensor:
+        """``logits`` [B, K, h, w] (float) shifted by b; ``valid`` [B, h, w] bool marks the pixels measured.
+
+        hard_share labels with the bias before this step's update; mean_prob with p̄ including this batch."""
+        if not self.active:
+            return logits
+        if self.cfg.align == "hard_share":
+            biased = logits + self.bias[:, None, None]
+            counts = torch.bincount(biased.argmax(1)[valid], minlength=len(self.bias)).float()
+            self._update_ema(_all_reduce(counts))
+            known = self.prior > 0
+            step = (self.prior[known].log() - self.share[known].clamp_min(_EPS).log()).clamp(-self.cfg.clip,
+                                                                                              self.cfg.clip)
+            self.bias[known] += self.cfg.rate * step
+            return biased
+        probs = logits.softmax(1).permute(0, 2, 3, 1)[valid]  # [N, K]
+        self._update_ema(_all_reduce(torch.cat([probs.sum(0), probs.new_tensor([len(probs)])]))[:-1])
+        known = self.prior > 0
+        self.bias[known] = self.prior[known].log() - self.share[known].clamp_min(_EPS).log()
+        return logits + self.bias[:, None, None]
+
+    def _update_ema(self, totals: Tensor) -> None:
+        """s ← m·s + (1 − m)·totals / Σ totals (the first batch sets s); a batch without valid pixels is skipped."""
+        if totals.sum() <= 0:
+            return
+        measured = totals / totals.sum()
+        if self.updates == 0:
+            self.share.copy_(measured)
+        else:
+            self.share.mul_(self.cfg.momentum).add_(measured, alpha=1 - self.cfg.momentum)
+        self.updates += 1
+
+    def logs(self) -> dict[str, list[float]]:
+        """Per-class b, the measured s (or p̄) and π, for metrics.jsonl and TensorBoard."""
+        if not self.active:
+            return {}
+        return {name: [round(v, 5) for v in getattr(self, buffer).tolist()]
+                for name, buffer in (("align_bias", "bias"), ("align_measured_share", "share"),
+                                     ("class_prior", "prior"))}
