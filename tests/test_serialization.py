@@ -2,13 +2,15 @@
 
 import io
 import os
+import pickle
+import stat
 
 import pytest
 import torch
 
 from sparseg.cli import main
 from sparseg.engine.checkpoint import FORMAT_VERSION
-from sparseg.serialization import safe_torch_load, write_atomic
+from sparseg.serialization import REFUSED, safe_torch_load, write_atomic
 
 
 class CreatesFile:
@@ -99,3 +101,36 @@ def test_write_atomic_takes_a_writer_and_replaces_the_file(tmp_path):
     target.write_bytes(b"old")
     write_atomic(target, lambda file: file.write(b"new"), durable=False)
     assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["x.bin"]
+
+
+@pytest.mark.parametrize("content, kind", [
+    (bytes(range(256)) * 16, "neither a zip archive nor a pickle"),
+    (pickle.dumps({"w": [1.0, 2.0]}), "a plain Python pickle"),
+])
+def test_a_file_torch_did_not_write_is_not_a_checkpoint_in_one_line(tmp_path, capsys, content, kind):
+    path = tmp_path / "last.pt"
+    path.write_bytes(content)
+    assert main(["eval", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {path}: not a checkpoint: {kind}, not a file written by torch.save; not loaded"]
+
+
+def test_a_crafted_pickle_protocol_draws_no_torch_warning(tmp_path, capsys):
+    path = tmp_path / "p4.pt"
+    torch.save({"w": CreatesFile(tmp_path / "marker")}, path, _use_new_zipfile_serialization=False,
+               pickle_protocol=4)
+    assert main(["eval", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and REFUSED in err[0] and not (tmp_path / "marker").exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_follow_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        write_atomic(tmp_path / "x.bin", b"new", durable=False)
+        (tmp_path / "plain.bin").write_bytes(b"plain")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "x.bin").stat().st_mode)
+    assert mode == 0o666 & ~umask == stat.S_IMODE((tmp_path / "plain.bin").stat().st_mode)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +30,18 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over ``path``.
 
-    A crash at any point leaves either the old checkpoint or the new one, never half of one.
+    A crash at any point leaves either the old checkpoint or the new one, never half of one; a failed write
+    (a full disk: torch reports it as a RuntimeError) is a CheckpointError naming the file and the free space.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda file: torch.save({"format_version": FORMAT_VERSION, **state}, file))
+    try:
+        write_atomic(path, lambda file: torch.save({"format_version": FORMAT_VERSION, **state}, file))
+    except (OSError, RuntimeError) as err:
+        free = shutil.disk_usage(path.parent).free / 2**20
+        reason = re.sub(r"^\[enforce fail at [^]]*\][ .]*", "", " ".join(str(err).split()))
+        raise CheckpointError(f"cannot write the checkpoint {path} ({free:.0f} MiB free on its disk; "
+                              f"{reason}); the previous one, if any, is unchanged") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -1,4 +1,6 @@
+import os
 import re
+import stat
 import zipfile
 from pathlib import Path
 
@@ -99,3 +101,34 @@ def test_format_1_checkpoint_with_numpy_random_state_still_loads(tmp_path, numpy
     np.random.seed(0)
     set_rng_state(load_checkpoint(path)["rng"])
     assert np.random.rand() == expected
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
+    """RLIMIT_FSIZE makes writes fail as a full disk does (torch: 'PytorchStreamWriter failed writing')."""
+    import resource
+    import signal
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"config": {}, "step": 1})
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        with pytest.raises(CheckpointError) as err:
+            save_checkpoint(path, {"config": {}, "step": 2, "w": torch.zeros(100_000)})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    message = str(err.value)
+    assert message.startswith(f"cannot write the checkpoint {path} (") and "MiB free on its disk" in message
+    assert "\n" not in message and "enforce fail" not in message
+    assert load_checkpoint(path)["step"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_checkpoints_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "last.pt", {"config": {}})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "last.pt").stat().st_mode) == 0o644
