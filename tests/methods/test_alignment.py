@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.distributed as dist
+from PIL import Image
 import torch.multiprocessing as mp
 
 from sparseg.config import ModelConfig
@@ -162,3 +163,18 @@ def test_align_none_asks_for_no_prior_and_saves_nothing(name):
     method = create_method(name, create_model(ModelConfig(encoder="resnet18", stem="plain", width=8,
                                                           decoder_channels=16), K), cfg, MethodContext(K))
     assert not any(key.startswith("alignment.") for key in method.state_dict())
+
+
+@pytest.mark.parametrize("method", [
+    {"name": "selftrain", "warmup_epochs": 0, "filter_group_size": 2, "pseudo_label": {"align": "hard_share"}},
+    {"name": "fixmatch", "pseudo_label": {"align": "mean_prob"}},
+])
+def test_trainer_counts_the_prior_and_resumes_alignment_exactly(assert_resume_is_exact, method):
+    trainer = assert_resume_is_exact(method)
+    labeled = next(s.dataset for s in trainer.streams if s.name == "labeled")
+    counts = torch.zeros(trainer.num_classes)
+    for entry in labeled.entries:
+        labels = torch.from_numpy(labeled.read_mask(entry, Image.open(entry.mask).size).astype("int64"))
+        counts += torch.bincount(labels[labels < trainer.num_classes].flatten(), minlength=trainer.num_classes)
+    assert torch.allclose(trainer.method.alignment.prior, counts / counts.sum())
+    assert int(trainer.method.alignment.updates) == 4
