@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -16,8 +17,8 @@ from torch.utils.data import Dataset
 
 from sparseg.config import ConfigError, DataConfig
 from sparseg.data.depth import DepthReader
-from sparseg.data.errors import DataError, UnreadableFileError
-from sparseg.data.sparse import LabelFormatError, class_tags, sparse_warning, to_canonical
+from sparseg.data.errors import DataError, DataWarning, UnreadableFileError
+from sparseg.data.sparse import LabelFormatError, class_tags, mask_mapping_hint, sparse_warning, to_canonical
 from sparseg.data.splits import IMAGE_SUFFIXES, SplitEntry, read_split
 from sparseg.data.synthetic import SYNTHETIC_CLASSES
 from sparseg.labels import IGNORE
@@ -260,6 +261,11 @@ def create_dataset_spec(cfg: DataConfig) -> DatasetSpec:
     return replace(spec, **changes)
 
 
+# decoding errors of a broken file; an image over PIL's pixel limit (Image.MAX_IMAGE_PIXELS) is one as well
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # integer grayscale with more than 8 bits
+
+
 def _load(path: Path, what: str) -> Image.Image:
     try:
         with open(path, "rb") as file:
@@ -267,23 +273,44 @@ def _load(path: Path, what: str) -> Image.Image:
             image.load()
     except FileNotFoundError:
         raise UnreadableFileError(f"{path}: {what} file not found") from None
-    except (OSError, SyntaxError, ValueError) as err:
+    except DECODE_ERRORS as err:
         raise UnreadableFileError(f"{path}: unreadable or truncated {what}: {err}") from None
     return image
 
 
-def _header(path: Path, what: str) -> tuple[tuple[int, int], str]:
-    """Size (width, height) and mode of an image file from its header; the pixels are not decoded."""
+def _header(path: Path, what: str) -> tuple[tuple[int, int], str, str | None]:
+    """Size (width, height), mode and format of an image file from its header; the pixels are not decoded."""
     try:
         with Image.open(path) as image:  # lazy: reads the header only
-            return image.size, image.mode
+            return image.size, image.mode, image.format
     except FileNotFoundError:
         raise UnreadableFileError(f"{path}: {what} file not found") from None
-    except (OSError, SyntaxError, ValueError) as err:
+    except DECODE_ERRORS as err:
         raise UnreadableFileError(f"{path}: unreadable {what}: {err}") from None
 
 
-def _check_mask_header(entry: SplitEntry, size: tuple[int, int], mode: str, image_size: tuple[int, int]) -> None:
+def check_image_mode(mode: str, path: Path | str) -> None:
+    """Refuse an input image whose values cannot be mapped to 8 bits by a fixed rule (float images)."""
+    if mode == "F":
+        raise DataError(f"{path}: 32-bit float image: its value range is unknown, so it cannot be scaled to "
+                        "8 bits; save it as 8-bit or 16-bit")
+
+
+def to_rgb(image: Image.Image, path: Path | str) -> Image.Image:
+    """An input image as 8-bit RGB. 16-bit grayscale (PIL modes I;16*, I) is scaled by 255/65535, rounded:
+    the full 16-bit range becomes 0..255, the same for every image (``convert("RGB")`` would clip it)."""
+    check_image_mode(image.mode, path)
+    if image.mode in WIDE_MODES:
+        values = np.asarray(image)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise DataError(f"{path}: 32-bit integer image with values outside 0..65535; save it as 8-bit or 16-bit")
+        image = Image.fromarray(np.rint(values * (255 / 65535)).astype(np.uint8))
+    return image.convert("RGB")
+
+
+def _check_mask_header(
+    entry: SplitEntry, size: tuple[int, int], mode: str, file_format: str | None, image_size: tuple[int, int],
+) -> None:
     if size != image_size:
         raise DataError(
             f"{entry.mask}: mask size {size[0]}x{size[1]} differs from image "
@@ -291,6 +318,9 @@ def _check_mask_header(entry: SplitEntry, size: tuple[int, int], mode: str, imag
         )
     if Image.getmodebands(mode) != 1:
         raise DataError(f"{entry.mask}: mask must be single-channel, got mode {mode}")
+    if file_format == "JPEG":
+        raise DataError(f"{entry.mask}: JPEG mask: JPEG is lossy, so label values change near every edge; "
+                        "save masks as PNG")
 
 
 class SegmentationDataset(Dataset):
@@ -345,12 +375,12 @@ class SegmentationDataset(Dataset):
         """Record an unreadable entry, warning once per file."""
         if entry.image not in self.skipped:
             self.skipped.add(entry.image)
-            warnings.warn(f"skipped (data.on_bad_image=skip; {len(self.skipped)} so far): {err}", stacklevel=3)
+            warnings.warn(f"skipped (data.on_bad_image=skip; {len(self.skipped)} so far): {err}", DataWarning)
 
     def _item(self, index: int, sample_seed: int | None) -> dict[str, torch.Tensor]:
         entry = self.entries[index]
         image = _load(entry.image, "image")
-        fields: dict[str, Any] = {"image": image.convert("RGB")}
+        fields: dict[str, Any] = {"image": to_rgb(image, entry.image)}
         if self.labeled:
             fields["mask"] = self.read_mask(entry, image.size)
         if self.depth is not None:
@@ -367,7 +397,8 @@ class SegmentationDataset(Dataset):
         is reported before training rather than when the loader reaches it. Pixel values are checked on load."""
         for entry in self.entries:
             try:
-                image_size, _ = _header(entry.image, "image")
+                image_size, mode, _ = _header(entry.image, "image")
+                check_image_mode(mode, entry.image)
                 if self.labeled:
                     _check_mask_header(entry, *_header(entry.mask, "mask"), image_size)
             except UnreadableFileError as err:
@@ -380,7 +411,7 @@ class SegmentationDataset(Dataset):
     def read_mask(self, entry: SplitEntry, image_size: tuple[int, int]) -> np.ndarray:
         """The entry's mask as uint8 labels, checked against the image size and the class range."""
         mask = _load(entry.mask, "mask")
-        _check_mask_header(entry, mask.size, mask.mode, image_size)
+        _check_mask_header(entry, mask.size, mask.mode, mask.format, image_size)
         raw = np.asarray(mask)  # palette PNGs hold class indices: never convert("L")
         if self.sparse_encoding is None:
             return self.spec.map_labels(raw, entry.mask)
@@ -391,7 +422,7 @@ class SegmentationDataset(Dataset):
         if not self._warned and (issue := sparse_warning(labels, self.spec.num_classes)):
             self._warned = True
             warnings.warn(f"{entry.mask}: {issue}; is this list really sparse (data.label_format: sparse)? "
-                          "Only the first such file is reported.", stacklevel=2)
+                          "Only the first such file is reported.", DataWarning)
         return labels
 
 
@@ -431,4 +462,27 @@ def build_dataset(cfg: DataConfig, list_key: str, labeled: bool, transform) -> S
                                   sparse_encoding=cfg.sparse_encoding if sparse else None, depth=depth,
                                   on_bad_image=cfg.on_bad_image if list_key != "val_list" else "error")
     dataset.check_files()
+    if labeled and not sparse and cfg.mask_mapping is None and not cfg.reduce_zero_label:
+        warn_on_mask_values(dataset, getattr(cfg, list_key))
     return dataset
+
+
+def warn_on_mask_values(dataset: SegmentationDataset, list_name: str, sample: int = 16) -> None:
+    """A DataWarning when ``sample`` masks, evenly spread over the list, hold only 0 and 255 (binary masks read
+    with 255 = ignore train class 0 alone), with the ``mask_mapping`` and inspect-labels hints."""
+    entries = [e for e in dataset.entries if e.image not in dataset.skipped]
+    picked = [entries[i * len(entries) // sample] for i in range(min(sample, len(entries)))]
+    histogram = np.zeros(256, dtype=np.int64)
+    for entry in picked:
+        try:
+            raw = np.asarray(_load(entry.mask, "mask"))
+        except UnreadableFileError:
+            continue  # reported when the loader reaches it
+        if raw.dtype == np.uint8:
+            histogram += np.bincount(raw.ravel(), minlength=256)
+    binary = np.flatnonzero(histogram).tolist() == [0, IGNORE] and dataset.spec.lut[IGNORE] == IGNORE
+    if binary and (hint := mask_mapping_hint(histogram, dataset.spec.num_classes)):
+        folder = Path(os.path.commonpath([e.mask for e in picked]))
+        folder = folder.parent if folder.is_file() else folder
+        warnings.warn(f"{list_name}: {hint} ({len(picked)} masks sampled; `sparseg inspect-labels {folder} "
+                      f"--num-classes {dataset.spec.num_classes}` shows the values of every mask)", DataWarning)

@@ -226,7 +226,7 @@ class LabelReport:
         for issue, files in self.files_with_issue.items():
             lines.append(f"{issue}: {len(files)} file(s), e.g. {files[0]}")
         if self.mapping_hint:
-            lines.append(self.mapping_hint)
+            lines.append(f"suggestion: {self.mapping_hint}")
         return "\n".join(lines)
 
 
@@ -235,11 +235,11 @@ def mask_mapping_hint(histogram: np.ndarray, num_classes: int) -> str | None:
     0/255 binary masks (255 would be read as ignore), or at most K values not all below K."""
     values = np.flatnonzero(histogram).tolist()
     if values == [0, IGNORE] and num_classes >= 2:
-        return ("suggestion: the masks hold only 0 and 255; if 255 marks a class (binary masks) rather than "
-                "ignore, set data.mask_mapping: {0: 0, 255: 1}")
+        return ("the masks hold only 0 and 255, and 255 is ignore: only class 0 would be learned; if 255 marks a "
+                "class (binary masks), set data.mask_mapping: {0: 0, 255: 1}")
     if len(values) <= num_classes and max(values, default=0) >= num_classes and IGNORE not in values:
         mapping = ", ".join(f"{v}: {i}" for i, v in enumerate(values))
-        return (f"suggestion: the {len(values)} values are not class ids 0..{num_classes - 1}; "
+        return (f"the {len(values)} values are not class ids 0..{num_classes - 1}; "
                 f"if each is a class, set data.mask_mapping: {{{mapping}}}")
     return None
 
@@ -263,6 +263,9 @@ def guess_encoding(histogram: np.ndarray, num_classes: int) -> tuple[str, str]:
     if dominant == IGNORE and not present[k] and classes < MAX_LABELED_FRACTION:
         return "ignore255", f"{IGNORE} covers most pixels; {sparse_share}"
     shifted_share = histogram[1 : k + 1].sum() / histogram.sum()
+    if dominant == 0 and not present[k] and not present[UNLABELED]:
+        return "dense", (f"every value is a class 0..{k - 1} or {IGNORE}; read as 'shifted' sparse labels "
+                         f"(0 unannotated, class c stored as c + 1) class {k - 1} ({k}) would never occur")
     if dominant == 0 and shifted_share < MAX_LABELED_FRACTION:
         return "shifted", f"0 covers most pixels and 1..{k} {shifted_share:.2%} (ambiguous: 0 may be a real class)"
     if classes >= MAX_LABELED_FRACTION and not present[UNLABELED]:

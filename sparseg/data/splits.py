@@ -2,7 +2,8 @@
 
 Line formats (one per list, detected per line):
 - ``image mask``: two columns split by a tab (CPS) or whitespace; a leading ``/`` is dropped;
-- ``image``: one column with an image extension; the dataset spec derives the mask path;
+- ``image``: one column with an image extension (or a whole line naming an image file, spaces and all);
+  the dataset spec derives the mask path;
 - ``id``: a bare id; the dataset spec maps it to image and mask paths (VOC, U2PL/CPS lists).
 Paths are relative to the data root. A folder in place of a list stands for every image file below it
 (sorted; hidden entries and files that are another listed image's mask left out).
@@ -71,6 +72,8 @@ def check_disjoint(labeled: Sequence[SplitEntry], unlabeled: Sequence[SplitEntry
 
 def detect_layout(list_path: str | Path, root: str | Path, specs: Sequence[PathRules]) -> PathRules:
     """The first of ``specs`` whose path rules resolve every line of the list to an image and a mask."""
+    if not Path(list_path).exists():
+        raise SplitError(f"{list_path}: split list or image folder not found")
     failures = []
     for spec in specs:
         try:
@@ -125,6 +128,8 @@ def _read_lines(list_path: Path, root: Path, spec: PathRules, labeled: bool) -> 
         return _folder_lines(list_path, root, spec, labeled)
     try:
         text = list_path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise SplitError(f"{list_path}: split list not found") from None
     except (OSError, UnicodeDecodeError) as err:
         raise SplitError(f"{list_path}: cannot read split list: {err}") from None
     lines: list[_Line] = []
@@ -177,6 +182,9 @@ _KIND_NAMES = {"pair": "'image mask'", "image": "image-path", "id": "bare-id"}
 
 def _parse_line(text: str, lineno: int, where: str, root: Path, spec: PathRules, labeled: bool) -> _Line:
     columns = [c.strip() for c in text.split("\t")] if "\t" in text else text.split()
+    if "\t" not in text and len(columns) > 1 and PurePosixPath(text).suffix.lower() in IMAGE_SUFFIXES \
+            and _first_existing(root, [_relative(text, root, spec)]):
+        columns = [text]  # one image whose name has spaces
     if len(columns) == 2:
         kind = "pair"
         image_candidates = [_relative(columns[0], root, spec)]
@@ -191,7 +199,8 @@ def _parse_line(text: str, lineno: int, where: str, root: Path, spec: PathRules,
         if not image_candidates:
             raise SplitError(f"{where}: dataset '{spec.name}' lists need image paths, got the bare id '{columns[0]}'")
     else:
-        raise SplitError(f"{where}: expected 'image mask', an image path or an id, got {len(columns)} columns")
+        raise SplitError(f"{where}: expected 'image mask', an image path or an id, got {len(columns)} columns "
+                         "(separate image and mask by a tab when a name has spaces)")
 
     image = _first_existing(root, image_candidates)
     if image is None:

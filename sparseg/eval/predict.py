@@ -21,6 +21,8 @@ from rich.progress import track
 from torch import nn
 
 from sparseg.config import EvalConfig
+from sparseg.data.datasets import DECODE_ERRORS, to_rgb
+from sparseg.data.errors import DataWarning
 from sparseg.data.splits import IMAGE_SUFFIXES
 from sparseg.eval.inference import predict_probs
 from sparseg.eval.visualize import overlay, save_mask_png
@@ -63,6 +65,8 @@ def find_images(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
 
 def plan_predictions(inputs: Sequence[str | Path], out: Path, overlays: bool, overwrite: bool) -> list[Prediction]:
     """The output files of every input, refused (``PredictError``) unless all of them can be written."""
+    if out.exists() and not out.is_dir():
+        raise PredictError(f"--out {out} is a file: give a folder for the masks (it is created if missing)")
     out_resolved = out.resolve()
     for folder in (Path(i).resolve() for i in inputs if Path(i).is_dir()):
         if out_resolved == folder or folder in out_resolved.parents:
@@ -91,10 +95,11 @@ def plan_predictions(inputs: Sequence[str | Path], out: Path, overlays: bool, ov
 
 
 def read_rgb(path: Path) -> Image.Image:
+    """An input image as 8-bit RGB (``sparseg.data.datasets.to_rgb``); OSError when it cannot be decoded."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as err:
+            return to_rgb(image, path)
+    except DECODE_ERRORS as err:
         raise OSError(f"cannot read image {path}: {err}") from None
 
 
@@ -111,7 +116,7 @@ def write_predictions(
         except OSError as err:
             if on_bad_image != "skip":
                 raise
-            warnings.warn(f"skipped (data.on_bad_image=skip): {err}", stacklevel=2)
+            warnings.warn(f"skipped (data.on_bad_image=skip): {err}", DataWarning)
             skipped.append(item.image)
             continue
         x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float().div(255).unsqueeze(0).to(device)

@@ -1,5 +1,6 @@
 """Dataset specs, label mapping and loading errors on tiny fixture trees."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from sparseg.data import (
     create_dataset_spec,
     voc_colormap,
 )
+from sparseg.data.errors import DataWarning
 
 H, W = 6, 8
 
@@ -223,3 +225,63 @@ def test_a_list_in_both_the_working_folder_and_the_root_must_be_the_same_list(tm
         resolve_list(cfg, "val_list")
     (root / "splits" / "val.txt").unlink()
     assert resolve_list(cfg, "val_list") == Path("splits/val.txt")  # only in the working folder
+
+
+def test_binary_0_255_masks_without_mask_mapping_warn_before_training(binary_folder: Path):
+    cfg = DataConfig(root=str(binary_folder), train_list="train.txt", num_classes=2)
+    with pytest.warns(DataWarning) as warned:
+        build_dataset(cfg, "train_list", labeled=True, transform=EvalTransform())  # no item loaded yet
+    [message] = [str(w.message) for w in warned]
+    assert message.startswith("train.txt: the masks hold only 0 and 255, and 255 is ignore")
+    assert "data.mask_mapping: {0: 0, 255: 1}" in message
+    assert f"sparseg inspect-labels {binary_folder / 'masks'} --num-classes 2" in message
+    mapped = cfg.model_copy(update={"mask_mapping": {0: 0, 255: 1}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a mapped set, or one with other values, is not suspicious
+        build_dataset(mapped, "train_list", labeled=True, transform=EvalTransform())
+        save(binary_folder / "masks/a.png", labels(0, 1, 255, 0))
+        build_dataset(cfg, "train_list", labeled=True, transform=EvalTransform())
+
+
+def test_16_bit_grayscale_images_are_scaled_to_8_bits_not_clipped(tmp_path: Path):
+    values = np.linspace(0, 65535, H * W).round().astype(np.uint16).reshape(H, W)
+    path = tmp_path / "images/a.png"
+    path.parent.mkdir()
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode.startswith("I")
+    save(tmp_path / "masks/a.png", labels(0, 1, 0, 1))
+    cfg = DataConfig(root=str(tmp_path), train_list="images", num_classes=2)
+    image = build_dataset(cfg, "train_list", labeled=True, transform=EvalTransform())[0]["image"]
+    expected = torch.from_numpy(np.rint(values * (255 / 65535))).float() / 255
+    for channel in image:
+        torch.testing.assert_close(channel, expected, atol=1e-6, rtol=0)
+    from sparseg.eval.predict import read_rgb
+
+    np.testing.assert_array_equal(np.asarray(read_rgb(path))[..., 0], np.rint(values * (255 / 65535)))
+
+
+def test_float_images_and_jpeg_masks_are_refused_up_front(tmp_path: Path):
+    save(tmp_path / "images/a.png", rgb())
+    save(tmp_path / "masks/a.jpg", labels(0, 1, 0, 1))
+    (tmp_path / "train.txt").write_text("images/a.png masks/a.jpg\n")
+    cfg = DataConfig(root=str(tmp_path), train_list="train.txt", num_classes=2)
+    with pytest.raises(DataError, match=r"masks/a\.jpg: JPEG mask: JPEG is lossy.*save masks as PNG"):
+        build_dataset(cfg, "train_list", labeled=True, transform=EvalTransform())
+    (tmp_path / "float").mkdir()
+    Image.fromarray(np.ones((H, W), np.float32)).save(tmp_path / "float/f.tif")
+    cfg = DataConfig(root=str(tmp_path), train_list="float", num_classes=2)
+    with pytest.raises(DataError, match=r"f\.tif: 32-bit float image"):
+        build_dataset(cfg, "train_list", labeled=False, transform=EvalTransform())
+
+
+def test_an_image_over_the_pixel_limit_is_unreadable_and_skippable(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", H * W)  # PIL refuses images over twice this
+    big = save(tmp_path / "images/big.png", np.zeros((3 * H, W, 3), np.uint8))
+    save(tmp_path / "images/ok.png", rgb())
+    cfg = DataConfig(root=str(tmp_path), train_list="images", num_classes=2)
+    with pytest.raises(DataError, match=rf"{big}: unreadable image: Image size \({3 * H * W} pixels\) exceeds"):
+        build_dataset(cfg, "train_list", labeled=False, transform=EvalTransform())
+    with pytest.warns(DataWarning, match=f"skipped .*{big}"):
+        dataset = build_dataset(cfg.model_copy(update={"on_bad_image": "skip"}), "train_list", labeled=False,
+                                transform=EvalTransform())
+    assert dataset.skipped == {big} and dataset[0]["index"].item() == 1

@@ -96,7 +96,7 @@ def write_png(path, array):
 
 def test_inspect_labels_guesses_each_format(tmp_path):
     y = np.full((20, 20), UNLABELED, dtype=np.uint8)
-    y[3:6, 3:6], y[10:13, 10:13], y[:, -2:] = 0, 7, IGNORE
+    y[3:6, 3:6], y[10:13, 10:13], y[15, 15], y[:, -2:] = 0, 7, K - 1, IGNORE  # shifted: K - 1 is stored as K
     files = {
         "canonical": y,
         "reference": to_reference(y, K),
@@ -107,7 +107,7 @@ def test_inspect_labels_guesses_each_format(tmp_path):
         report = inspect_labels([write_png(tmp_path / f"{name}.png", array)], K)
         assert report.guess == name, report.summary()
         in_image = 400 if name == "ignore255" else 360  # ignore255 files have no padding: 255 is unannotated
-        assert report.labeled_fraction == pytest.approx(18 / in_image)
+        assert report.labeled_fraction == pytest.approx(19 / in_image)
     dense = np.random.default_rng(0).integers(0, K, (20, 20))
     assert inspect_labels([write_png(tmp_path / "dense.png", dense)], K).guess == "dense"
     odd = inspect_labels([write_png(tmp_path / "odd.png", np.full((4, 4), 100))], K)
@@ -115,6 +115,14 @@ def test_inspect_labels_guesses_each_format(tmp_path):
     # a canonical file without any unlabeled pixel is reported
     mixed = inspect_labels([tmp_path / "canonical.png", write_png(tmp_path / "full.png", np.where(y == UNLABELED, 1, y))], K)
     assert mixed.guess == "canonical" and "no unlabeled pixel" in mixed.files_with_issue
+
+
+def test_dense_0_1_masks_are_not_called_shifted(tmp_path):
+    """0/1 masks of 2 classes, mostly 0: every value is a class, and no value stands for class 1 shifted."""
+    mask = np.zeros((20, 20), np.uint8)
+    mask[5:9, 5:9] = 1
+    report = inspect_labels([write_png(tmp_path / "m.png", mask)], 2)
+    assert report.guess == "dense" and "class 1 (2) would never occur" in report.reason
 
 
 def test_guess_dense_with_void_value():

@@ -123,7 +123,7 @@ def test_bare_id_needs_a_spec_rule(tmp_path: Path):
 def test_empty_and_missing_lists(voc: Path):
     with pytest.raises(SplitError, match="empty"):
         read_split(write(voc / "e.txt", "\n \r\n"), voc, spec("voc"), labeled=True)
-    with pytest.raises(SplitError, match="cannot read"):
+    with pytest.raises(SplitError, match="nope.txt: split list not found$"):
         read_split(voc / "nope.txt", voc, spec("voc"), labeled=True)
 
 
@@ -202,3 +202,20 @@ def test_a_folder_outside_the_root_keeps_absolute_paths(tmp_path: Path):
     (tmp_path / "root").mkdir()
     entries = read_split(tmp_path / "outside", tmp_path / "root", spec("folder", num_classes=2), labeled=False)
     assert [e.image for e in entries] == [tmp_path / "outside/x.png"]
+
+
+def test_image_names_with_spaces_in_a_folder_list_and_its_splits(tmp_path: Path):
+    names = ["a b.png", "c  d.jpg", "e.png", "f g h.png"]
+    touch(tmp_path, *(f"images/{n}" for n in names), *(f"masks/{n.rsplit('.', 1)[0]}.png" for n in names))
+    folder = spec("folder", num_classes=2)
+    entries = read_split(tmp_path / "images", tmp_path, folder, labeled=True)
+    assert [e.image.name for e in entries] == sorted(names)
+    assert entries[0].mask == tmp_path / "masks/a b.png"
+    write_splits(tmp_path / "images", tmp_path, folder, "2", seed=0, out_dir=tmp_path / "split")
+    read_back = [e for name in ("labeled", "unlabeled")
+                 for e in read_split(tmp_path / "split" / f"{name}.txt", tmp_path, folder, labeled=True)]
+    assert sorted(read_back, key=lambda e: e.image) == entries
+    with pytest.raises(SplitError, match="got 4 columns .separate image and mask by a tab"):
+        read_split(write(tmp_path / "l.txt", "images/a b.png masks/a b.png\n"), tmp_path, folder, labeled=True)
+    tabbed = write(tmp_path / "t.txt", "images/a b.png\tmasks/a b.png\n")
+    assert read_split(tabbed, tmp_path, folder, labeled=True) == entries[:1]
