@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_set(p)
         p.add_argument("--out", help=f"run directory (default: the config's `out`, else runs/<config name>){out_note}")
         p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+        p.add_argument("--allow-config-change", action="store_true",
+                       help="with --resume: accept config keys changed since OUT/last.pt (recorded in "
+                            "OUT/config_history.yaml); eval cadence, logging, device and workers may change without it")
         p.add_argument("--overwrite", action="store_true",
                        help="start over; the old run's files move into OUT/previous-<time>/")
 
@@ -179,11 +182,16 @@ def cmd_train(args, pretraining: bool = False) -> int:
         hint = (f"`sparseg pretrain` runs pretraining methods ({names}); use `sparseg train`" if pretraining
                 else "it is a pretraining method: use `sparseg pretrain`")
         raise ConfigError(f"{args.config}: method.name={cfg.method['name']}: {hint}")
-    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    if args.allow_config_change and not args.resume:
+        raise ConfigError("--allow-config-change applies to --resume only")
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite, allow_config_change=args.allow_config_change)
     if pretraining:
         print(f"pretrained weights: {Path(cfg.out) / 'pretrained.pt'} (use as model.pretrained)")
     if result is not None:
-        print(f"{'probe mIoU' if pretraining else 'mIoU'}: {result.miou:.2f}")
+        cap = cfg.train.max_val_images
+        part = (f" over {result.num_images} validation images (train.max_val_images={cap}; "
+                f"sparseg eval {Path(cfg.out) / 'best.pt'} scores the whole list)") if cap else ""
+        print(f"{'probe mIoU' if pretraining else 'mIoU'}: {result.miou:.2f}{part}")
     return 0
 
 
@@ -227,6 +235,8 @@ def cmd_eval(args) -> int:
     from sparseg.engine.checkpoint import CheckpointError
     from sparseg.eval import evaluate, format_table
 
+    if args.json:
+        _check_writable(Path(args.json), "--json")
     cfg, state, model, name = load_trained(args.checkpoint, args.overrides, args.model)
     if cfg.data.val_list is None:
         raise CheckpointError("no data.val_list: pass --set data.val_list=LIST")
@@ -247,6 +257,25 @@ def cmd_eval(args) -> int:
                                               indent=2))
     print(format_table(result))
     return 0
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    """Refuse an output file that cannot be written, before any work is done (nothing is left behind)."""
+    existed = path.exists()
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as err:
+        raise OSError(f"{flag} {path}: cannot write this file ({err.strerror}); nothing was done") from None
+    if not existed:
+        path.unlink()
+
+
+def _check_num_classes(value: int | None) -> None:
+    if value is not None and not 1 <= value <= 254:
+        from sparseg.config import ConfigError
+
+        raise ConfigError(f"--num-classes {value}: must be in 1..254 (254 and 255 are reserved label values)")
 
 
 def _image_paths(inputs: list[str]) -> list[Path]:
@@ -353,6 +382,10 @@ def cmd_sparsify(args) -> int:
         flags = ", ".join(f"--{n.replace('_', '-')}" for n in sorted(given - set(options)))
         raise ConfigError(f"{flags} do(es) not apply to --kind {args.kind}")
     params = {options[name]: getattr(args, name) for name in given}
+    _check_num_classes(args.num_classes)
+    if args.dataset == "folder" and args.num_classes is None:
+        raise ConfigError("--dataset folder (the default) needs --num-classes K, the class count of the masks "
+                          "(or name a built-in layout with --dataset)")
     list_path = Path(args.list)
     root = Path(args.root) if args.root else list_path.parent
     spec = create_dataset_spec(DataConfig(dataset=args.dataset, root=str(root), num_classes=args.num_classes))
@@ -372,6 +405,7 @@ def cmd_sparsify(args) -> int:
 def cmd_inspect_labels(args) -> int:
     from sparseg.data import inspect_labels
 
+    _check_num_classes(args.num_classes)
     paths = _image_paths(args.paths)
     if len(paths) > args.max_files:
         paths = [paths[i * len(paths) // args.max_files] for i in range(args.max_files)]
@@ -442,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     prepare_openmp()  # before anything imports torch
     args = build_parser().parse_args(argv)
     _report_loads()
+    from sparseg.data.errors import print_data_warnings  # after prepare_openmp: sparseg.data imports torch
+
+    print_data_warnings()
     try:
         apply_thread_policy()
         return COMMANDS[args.command](args)

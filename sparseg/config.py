@@ -8,6 +8,7 @@ class then validates the remaining keys (see ``sparseg.methods``).
 from __future__ import annotations
 
 import difflib
+import re
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -302,6 +303,10 @@ def _parse_value(key: str, text: str, annotation: Any) -> Any:
     if node is not None and node.end_mark.index < len(text.rstrip()):
         raise ConfigError(f"--set {key}: the value '{text}' would be cut at '{text[node.end_mark.index:].strip()}' "
                           "(YAML comment); quote it")
+    if isinstance(value, dict) and None in value.values() and re.search(r"\d:\d", text):
+        spaced = re.sub(r":(?=\S)", ": ", text)
+        raise ConfigError(f"--set {key}={text}: write a space after each ':' ({key}={spaced!r}); without it YAML "
+                          "reads '255:1' as one number in base 60 (15301) and the key gets no value")
     return value
 
 
@@ -366,12 +371,16 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     overrides = list(overrides or [])
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder; give a YAML config file, e.g. configs/folder/supervised.yaml")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+            raise ConfigError(f"{_yaml_position(path, err)}: not valid YAML: {_yaml_problem(err)}") from None
+        if raw is None:
+            raise ConfigError(f"{path}: the config file is empty (configs/folder/supervised.yaml is a starting point)")
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of config keys")
     raw = apply_overrides(raw, overrides)
@@ -380,6 +389,44 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return config_from_dict(raw, override_origin(overrides, str(path) if path is not None else ""))
 
 
+def _yaml_position(path: Path, err: yaml.YAMLError) -> str:
+    """``path:line:column`` of a YAML error (1-based), or the path alone."""
+    mark = getattr(err, "problem_mark", None)
+    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error's own words in one line, without PyYAML's quoted source lines."""
+    parts = [getattr(err, "context", None), getattr(err, "problem", None)]
+    return ": ".join(" ".join(p.split()) for p in parts if p) or " ".join(str(err).split())
+
+
 def dump_config(cfg: Config) -> dict[str, Any]:
     """Plain, YAML-safe dict of the resolved config (stored in checkpoints and run dirs)."""
     return cfg.model_dump(mode="json")
+
+
+# keys that a resumed run may change without --allow-config-change: they change neither the model nor its training
+RESUME_FREE_KEYS = ("out", "train.eval_every", "train.log_every", "train.max_val_images", "train.device",
+                    "data.workers")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of nested sections; a mapping value whose keys are not names (data.mask_mapping) stays whole."""
+    flat: dict[str, Any] = {}
+    for name, value in tree.items():
+        if isinstance(value, dict) and value and all(str(k).isidentifier() for k in value):
+            flat.update(_flatten(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
+
+
+def config_changes(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
+    """``key: (old value, new value)`` for every dotted key that differs (method keys with their defaults)."""
+    def resolved(cfg: Config) -> dict[str, Any]:
+        method = {"name": cfg.method.get("name", "supervised"), **cfg.method_config().model_dump(mode="json")}
+        return _flatten({**dump_config(cfg), "method": method})
+
+    a, b = resolved(old), resolved(new)
+    return {key: (a.get(key), b.get(key)) for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)}

@@ -55,6 +55,42 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(None, ["seed"])
 
 
+@pytest.mark.parametrize("text, message", [
+    ("data: [unclosed\n", r"cfg.yaml:2:1: not valid YAML: while parsing a flow sequence: expected ',' or ']', "
+                            r"but got '<stream end>'$"),
+    ("data:\n  root: x\n   bad: 1\n", r"cfg.yaml:3:7: not valid YAML: mapping values are not allowed here$"),
+    ("", r"cfg.yaml: the config file is empty"),
+    ("# only a comment\n", r"cfg.yaml: the config file is empty"),
+])
+def test_bad_yaml_and_empty_files_are_one_line(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(write(tmp_path, text))
+    assert "\n" not in str(err.value)
+
+
+def test_a_folder_is_not_a_config(tmp_path):
+    with pytest.raises(ConfigError, match=f"^{tmp_path} is a folder; give a YAML config file"):
+        load_config(tmp_path)
+
+
+def test_a_set_mapping_without_spaces_explains_yaml_base_60():
+    with pytest.raises(ConfigError, match=r"^--set data.mask_mapping=\{0:0,255:1\}: write a space after each ':' "
+                                          r"\(data.mask_mapping='\{0: 0,255: 1\}'\).*base 60"):
+        load_config(None, ["data.mask_mapping={0:0,255:1}"])
+    assert load_config(None, ["data.mask_mapping={0: 0, 255: 1}"]).data.mask_mapping == {0: 0, 255: 1}
+
+
+def test_config_changes_name_every_changed_key():
+    from sparseg.config import config_changes
+
+    base = ["data.num_classes=2", "train.iters=10"]
+    old = load_config(None, base)
+    new = load_config(None, [*base, "train.eval_every=5", "data.mask_mapping={0: 0, 255: 1}", "method.aux_weight=0.2"])
+    assert config_changes(old, new) == {
+        "data.mask_mapping": (None, {"0": 0, "255": 1}), "method.aux_weight": (0.4, 0.2), "train.eval_every": (0, 5)}
+    assert config_changes(old, load_config(None, [*base, "method.aux_weight=0.4"])) == {}  # the default, spelled out
+
+
 SHIPPED_CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*/*.yaml"))
 
 

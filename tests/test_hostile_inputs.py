@@ -203,10 +203,12 @@ def test_unreadable_training_images_are_skipped_with_on_bad_image_skip(setup, ca
     empty.write_bytes(b"")  # not even a header: found by the up-front check
     assert main(["train", str(cfg), "--overwrite"]) == 2
     assert empty.name in capsys.readouterr().err.strip().splitlines()[-1]  # default error: named, up front
-    with pytest.warns(UserWarning) as warned:
-        assert main(["train", str(cfg), "--overwrite", "--set", "data.on_bad_image=skip"]) == 0
-    skipped = [str(w.message) for w in warned if "data.on_bad_image=skip" in str(w.message)]
-    assert len(skipped) == 2  # once per file, however often the sampler draws it
+    assert main(["train", str(cfg), "--overwrite", "--set", "data.on_bad_image=skip"]) == 0
+    err = capsys.readouterr().err
+    # one plain line per file, however often the sampler draws it: no Python category, no source line
+    skipped = [line for line in err.splitlines() if "data.on_bad_image=skip" in line]
+    assert len(skipped) == 2 and all(line.startswith("warning: skipped (") for line in skipped)
+    assert "UserWarning" not in err and "warnings.warn" not in err
     assert any(truncated in m for m in skipped) and any(empty.name in m for m in skipped)
     from sparseg.engine.checkpoint import load_checkpoint
 
@@ -240,19 +242,98 @@ def test_predict_skips_unreadable_images_with_on_bad_image_skip(setup, capsys, t
     bad.write_bytes(bad.read_bytes()[:100])
     assert main(["predict", str(last), str(images), "--out", str(tmp_path / "pred")]) == 2
     assert bad.name in capsys.readouterr().err
-    with pytest.warns(UserWarning, match=bad.name):
-        assert main(["predict", str(last), str(images), "--out", str(tmp_path / "pred2"),
-                     "--set", "data.on_bad_image=skip"]) == 0
+    assert main(["predict", str(last), str(images), "--out", str(tmp_path / "pred2"),
+                 "--set", "data.on_bad_image=skip"]) == 0
     n = len(list(images.iterdir()))
-    assert f"wrote {n - 1} predictions" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert f"wrote {n - 1} predictions" in out
+    assert [line for line in err.splitlines() if bad.name in line] == [
+        f"warning: skipped (data.on_bad_image=skip): cannot read image {bad}: image file is truncated"]
     assert len(list((tmp_path / "pred2").iterdir())) == n - 1
 
 
 def test_resume_with_another_method_names_the_first_missing_tensor(setup, capsys):
     _, cfg, last, good = setup
     capsys.readouterr()
-    assert main(["train", str(cfg), "--resume", "--set", "method.name=selftrain", "data.labeled_list=train.txt",
-                 "data.unlabeled_list=val.txt", "data.unlabeled_batch_size=2"]) == 2
+    assert main(["train", str(cfg), "--resume", "--allow-config-change", "--set", "method.name=selftrain",
+                 "data.labeled_list=train.txt", "data.unlabeled_list=val.txt", "data.unlabeled_batch_size=2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not fit this model" in err[0] and "missing, first teacher." in err[0], err
     assert last.read_bytes() == good.read_bytes()
+
+
+def one_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err
+    return err[0]
+
+
+def test_an_image_over_the_pixel_limit_is_one_line_in_train_and_predict_and_skippable(setup, capsys, monkeypatch):
+    root, cfg, last, good = setup
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # 32x32 inputs pass; PIL refuses over 4000 pixels
+    big = first_train_image(root)
+    Image.fromarray(np.zeros((80, 80, 3), np.uint8)).save(big)
+    capsys.readouterr()
+    assert main(["train", str(cfg), "--overwrite"]) == 2
+    err = one_error(capsys)
+    assert str(big) in err and "exceeds limit" in err and last.read_bytes() == good.read_bytes()  # up front
+    assert main(["train", str(cfg), "--overwrite", "--set", "data.on_bad_image=skip"]) == 0
+    assert f"warning: skipped (data.on_bad_image=skip; 1 so far): {big}: unreadable image" in capsys.readouterr().err
+    assert main(["predict", str(last), str(big), "--out", str(root / "pred"), "--set", "data.on_bad_image=error"]) == 2
+    assert str(big) in one_error(capsys)
+    val_image = root / (root / "val.txt").read_text().split()[0]
+    assert main(["predict", str(last), str(big), str(val_image), "--out", str(root / "pred"),
+                 "--set", "data.on_bad_image=skip"]) == 0
+    assert "wrote 1 predictions" in capsys.readouterr().out
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(setup, capsys, tmp_path, monkeypatch):
+    root, _, last, _ = setup
+    import sparseg.eval
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("evaluated before checking --json")
+
+    monkeypatch.setattr(sparseg.eval, "evaluate", no_evaluation)
+    capsys.readouterr()
+    assert main(["eval", str(last), "--json", str(tmp_path / "missing" / "r.json")]) == 2
+    assert f"--json {tmp_path / 'missing' / 'r.json'}: cannot write this file" in one_error(capsys)
+    image = root / (root / "val.txt").read_text().split()[0]
+    before = image.read_bytes()
+    assert main(["predict", str(last), str(image), "--out", str(image)]) == 2
+    assert f"--out {image} is a file" in one_error(capsys) and image.read_bytes() == before
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["inspect-labels", "masks", "--num-classes", "0"], "--num-classes 0: must be in 1..254"),
+    (["sparsify", "train.txt", "--kind", "clicks", "--seed", "0", "--out", "sp"], "needs --num-classes K"),
+    (["sparsify", "train.txt", "--kind", "clicks", "--seed", "0", "--out", "sp", "--num-classes", "300"],
+     "--num-classes 300: must be in 1..254"),
+    (["splits", "missing.txt", "--labeled", "1", "--out", "sp"], "missing.txt: split list or image folder not found"),
+])
+def test_command_line_values_are_one_line(setup, capsys, monkeypatch, argv, expected):
+    root, _, _, _ = setup
+    monkeypatch.chdir(root)
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert expected in one_error(capsys)
+
+
+def test_resume_after_a_config_edit_is_one_line_and_keeps_the_run(setup, capsys):
+    _, cfg, last, good = setup
+    stored = (last.parent / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["train", str(cfg), "--resume", "--set", "optim.base_lr=0.5"]) == 2
+    err = one_error(capsys)
+    assert "optim.base_lr 0.001 -> 0.5" in err and "--allow-config-change" in err
+    assert (last.parent / "config.yaml").read_text() == stored and last.read_bytes() == good.read_bytes()
+    assert main(["train", str(cfg), "--overwrite", "--allow-config-change"]) == 2
+    assert "--allow-config-change applies to --resume only" in one_error(capsys)
+
+
+def test_the_final_miou_says_when_it_covers_part_of_val(setup, capsys):
+    _, cfg, last, _ = setup
+    assert main(["train", str(cfg), "--overwrite", "--set", "train.max_val_images=1"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith(
+        f" over 1 validation images (train.max_val_images=1; sparseg eval {last.parent / 'best.pt'} scores the "
+        "whole list)")

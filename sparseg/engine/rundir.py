@@ -20,8 +20,9 @@ from pathlib import Path
 
 LOCK_NAME = "train.lock"
 # everything a run writes into its folder (`sparseg analyze` and the demo's predictions included)
-RUN_FILES = ("last.pt", "best.pt", "pretrained.pt", "config.yaml", "metrics.jsonl", "train.log", "tb",
-             "curves.png", "predictions", "analysis")
+RUN_FILES = ("last.pt", "best.pt", "pretrained.pt", "config.yaml", "config_history.yaml", "metrics.jsonl",
+             "train.log", "tb", "curves.png", "predictions", "analysis")
+HISTORY_NAME = "config_history.yaml"
 
 
 class RunDirError(RuntimeError):
@@ -33,10 +34,14 @@ def run_files(out_dir: Path) -> list[str]:
     return [name for name in RUN_FILES if (out_dir / name).exists()]
 
 
-def check_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse a folder that this training would mix with another run's files."""
+def check_run_dir(out_dir: Path, resume: bool, overwrite: bool, locked: bool = False) -> None:
+    """Refuse a folder that another training holds (``locked``: this process holds its lock), or that this
+    training would mix with another run's files."""
     if resume and overwrite:
         raise RunDirError("--resume continues OUT/last.pt and --overwrite starts over: pass one of them")
+    _, owner = (None, None) if locked else _read_lock(out_dir / LOCK_NAME)
+    if owner is not None and _owner_alive(owner):
+        raise RunDirError(_in_use(out_dir, owner))
     found = run_files(out_dir)
     last = out_dir / "last.pt"
     if resume and not last.is_file():
@@ -104,6 +109,14 @@ def _read_lock(path: Path) -> tuple[str, dict | None]:
     return text, owner if isinstance(owner, dict) and "pid" in owner else None
 
 
+def _in_use(out_dir: Path, owner: dict | None) -> str:
+    """The refusal of a folder held by the training that ``owner`` (a lock's content) names."""
+    held = (f"pid {owner['pid']} on {owner.get('host', '?')} since {owner.get('started', '?')}"
+            if owner else "an unreadable lock file")
+    return (f"{out_dir} is in use by another training ({held}); wait for it or choose another --out "
+            f"(delete {out_dir / LOCK_NAME} if no training runs there)")
+
+
 def _remove_if_ours(path: Path, content: str) -> None:
     """Delete the lock file if it still holds ``content`` (never another process's newer lock)."""
     try:
@@ -138,10 +151,7 @@ class RunLock:
                     _remove_if_ours(self.path, text)
                 continue
             break
-        held = (f"pid {owner['pid']} on {owner.get('host', '?')} since {owner.get('started', '?')}"
-                if owner else "an unreadable lock file")
-        raise RunDirError(f"{self.out_dir} is in use by another training ({held}); wait for it or choose another "
-                          f"--out (delete {self.path} if no training runs there)")
+        raise RunDirError(_in_use(self.out_dir, owner))
 
     def _create(self, content: str) -> bool:
         """Create the lock file complete and atomically (link of a written temporary file); False if held."""
@@ -169,8 +179,21 @@ def claim_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> tuple[RunLock
     lock = RunLock(out_dir)
     lock.acquire()
     try:
-        check_run_dir(out_dir, resume, overwrite)
+        check_run_dir(out_dir, resume, overwrite, locked=True)
         return lock, move_aside(out_dir) if overwrite else None
     except BaseException:
         lock.release()
         raise
+
+
+def record_config_changes(out_dir: Path, iteration: int, changes: dict[str, tuple]) -> Path:
+    """Append the config changes a resumed run accepted to ``OUT/config_history.yaml`` (a YAML list, one entry
+    per resume: time, iteration, key: {old, new}); return the file."""
+    import yaml
+
+    entry = {"resumed": time.strftime("%Y-%m-%d %H:%M:%S"), "iteration": iteration,
+             "changes": {key: {"old": old, "new": new} for key, (old, new) in changes.items()}}
+    path = out_dir / HISTORY_NAME
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(yaml.safe_dump([entry], sort_keys=False))
+    return path

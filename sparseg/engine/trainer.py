@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from sparseg.config import Config, dump_config
+from sparseg.config import RESUME_FREE_KEYS, Config, ConfigError, config_changes, config_from_dict, dump_config
 from sparseg.data import (
     EvalTransform,
     SegmentationDataset,
@@ -30,7 +30,7 @@ from sparseg.engine.checkpoint import CheckpointError, load_checkpoint, load_mod
 from sparseg.engine.distributed import DistInfo, init_distributed, resolve_device, share_from_main, wrap_ddp
 from sparseg.engine.logger import RunLogger, plot_curves
 from sparseg.engine.optim import build_optimizer, poly_factor, scaled_lr, set_lr
-from sparseg.engine.rundir import RunDirError, RunLock, check_run_dir, claim_run_dir
+from sparseg.engine.rundir import RunDirError, RunLock, check_run_dir, claim_run_dir, record_config_changes
 from sparseg.eval import EvalResult, evaluate
 from sparseg.eval.probe import linear_probe
 from sparseg.methods import create_method, method_class
@@ -109,8 +109,11 @@ def label_class_counts(dataset: SegmentationDataset, num_classes: int, dist_info
 class Trainer:
     """Iteration-based training with periodic evaluation, atomic checkpoints and exact resume."""
 
-    def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> None:
+    def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+                 allow_config_change: bool = False) -> None:
         self.cfg = cfg
+        self.allow_config_change = allow_config_change
+        self.config_changes: dict[str, tuple[Any, Any]] = {}  # resumed with these edits (key: (old, new))
         self.out_dir = Path(cfg.out)
         self.dist = init_distributed("cuda" if cfg.train.device.startswith("cuda") or (
             cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu")
@@ -192,6 +195,10 @@ class Trainer:
             self.logger.message(f"resumed from {last} at iteration {self.iteration}")
             if self.resume_note:
                 self.logger.message(f"[yellow]{self.resume_note}[/yellow]")
+            if self.config_changes and self.dist.is_main:
+                history = record_config_changes(self.out_dir, self.iteration, self.config_changes)
+                self.logger.message(f"config changes since {last}: {_describe_changes(self.config_changes)} "
+                                    f"(recorded in {history})")
 
     # ----------------------------------------------------------------- data
     def _build_streams(self, method: type[Method]) -> list[Stream]:
@@ -277,8 +284,18 @@ class Trainer:
         """Train to ``total_iters`` and evaluate; the run folder is released at the end, also on errors."""
         try:
             return self._fit()
+        except KeyboardInterrupt:
+            last = self.out_dir / "last.pt"
+            self.logger.message(f"interrupted at iteration {self.iteration}; " + (
+                f"--resume continues from {last}" if last.is_file() else "no checkpoint was written yet"))
+            self._plot_curves()
+            raise
         finally:
             self.close()
+
+    def _plot_curves(self) -> None:
+        if self.dist.is_main and (self.out_dir / "metrics.jsonl").exists():
+            plot_curves(self.out_dir / "metrics.jsonl", self.out_dir / "curves.png")
 
     def close(self) -> None:
         """Close the logs and release the run folder's lock (a second call does nothing)."""
@@ -314,8 +331,7 @@ class Trainer:
         result = self._evaluate_and_checkpoint()
         self.logger.message(f"finished in {time.perf_counter() - started:.0f}s; checkpoints in {self.out_dir}")
         self.logger.close()
-        if self.dist.is_main and (self.out_dir / "metrics.jsonl").exists():
-            plot_curves(self.out_dir / "metrics.jsonl", self.out_dir / "curves.png")
+        self._plot_curves()
         return result
 
     def _train_step(self, batch: dict[str, dict[str, torch.Tensor]], epoch: int) -> None:
@@ -456,6 +472,15 @@ class Trainer:
             raise CheckpointError(
                 f"{path} was written for {state['total_iters']} iterations but this run has {self.total_iters}"
             )
+        self.config_changes = config_changes(config_from_dict(saved), self.cfg)
+        refused = {k: v for k, v in self.config_changes.items() if k not in RESUME_FREE_KEYS}
+        if refused and not self.allow_config_change:
+            raise ConfigError(
+                f"the config differs from the one {path} was trained with: {_describe_changes(refused)}; resume "
+                f"with that config ({self.out_dir / 'config.yaml'}), or pass --allow-config-change to go on with "
+                f"the new values (recorded in {self.out_dir}/config_history.yaml); "
+                f"{', '.join(RESUME_FREE_KEYS[1:])} may change without it"
+            )
         load_module_state(self.method, state["method"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -473,8 +498,13 @@ class Trainer:
             set_rng_state(rng["per_rank"][self.dist.rank] if "per_rank" in rng else rng)
 
 
-def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> EvalResult | None:
-    trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
+def _describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
+
+
+def train(cfg: Config, resume: bool = False, overwrite: bool = False,
+          allow_config_change: bool = False) -> EvalResult | None:
+    trainer = Trainer(cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change)
     if trainer.iteration >= trainer.total_iters:
         trainer.logger.message(f"{cfg.out}/last.pt already finished {trainer.total_iters} iterations")
         trainer.close()

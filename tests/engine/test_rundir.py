@@ -149,3 +149,18 @@ def test_resume_writes_no_step_twice(tiny_config, tmp_path):
     assert f"resumed from {run / 'last.pt'} at iteration 2" in log
     assert log.count("iter 4/4 val: miou ") == 1 and "iter 4: val mIoU" not in log  # each result once
     assert "finished in" in log
+
+
+def test_a_running_training_is_named_before_the_resume_or_overwrite_advice(tiny_config, tmp_path, capsys):
+    cfg = tiny_config(iters=2)
+    config = write_yaml(cfg, tmp_path / "cfg.yaml")
+    assert main(["train", config]) == 0
+    lock = RunLock(Path(cfg.out))  # a training running there (this process's pid: alive)
+    lock.acquire()
+    try:
+        capsys.readouterr()
+        assert main(["train", config]) == 2
+        err = one_error_line(capsys)
+        assert f"{cfg.out} is in use by another training (pid" in err and "--overwrite" not in err
+    finally:
+        lock.release()

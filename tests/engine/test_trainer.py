@@ -79,3 +79,48 @@ def test_every_list_is_checked_before_the_model_is_built(tiny_config, tmp_path, 
     monkeypatch.setattr(trainer, "build_method", build_method)
     with pytest.raises(DataError, match=f"{mask.name}: mask size 24x20 differs from image"):
         Trainer(tiny_config(root=root), quiet=True)
+
+
+def test_resume_refuses_config_edits_unless_allowed_and_records_them(tiny_config, monkeypatch):
+    import yaml
+
+    from sparseg.config import ConfigError
+
+    scripted_evaluation(monkeypatch, {2: None, 4: 5.0})
+    with pytest.raises(Crash):
+        Trainer(tiny_config(), quiet=True).fit()  # last.pt at iteration 2
+    edited = tiny_config()
+    edited.optim.base_lr, edited.data.flip = 0.02, False
+    with pytest.raises(ConfigError) as err:
+        Trainer(edited, resume=True, quiet=True)
+    message = str(err.value)
+    assert "data.flip True -> False, optim.base_lr 0.01 -> 0.02; resume with that config" in message
+    assert "pass --allow-config-change" in message and "train.eval_every" in message
+    history = Path(edited.out) / "config_history.yaml"
+    assert not history.exists()
+    cadence = tiny_config(eval_every=1)  # evaluation cadence: no flag needed
+    Trainer(cadence, resume=True, quiet=True).close()
+    Trainer(edited, resume=True, quiet=True, allow_config_change=True).close()
+    entries = yaml.safe_load(history.read_text())
+    assert [e["changes"] for e in entries] == [
+        {"train.eval_every": {"old": 2, "new": 1}},
+        {"data.flip": {"old": True, "new": False}, "optim.base_lr": {"old": 0.01, "new": 0.02}},
+    ] and entries[1]["iteration"] == 2
+
+
+def test_ctrl_c_writes_curves_and_says_interrupted_in_train_log(tiny_config, monkeypatch):
+    cfg = tiny_config(iters=6)
+    step = Trainer._train_step
+
+    def interrupted_at_3(self, batch, epoch):
+        if self.iteration == 3:
+            raise KeyboardInterrupt
+        step(self, batch, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_step", interrupted_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg).fit()
+    run = Path(cfg.out)
+    assert (run / "train.log").read_text().splitlines()[-1].endswith(
+        f"interrupted at iteration 3; --resume continues from {run / 'last.pt'}")
+    assert (run / "curves.png").stat().st_size > 0 and not (run / "train.lock").exists()
