@@ -5,7 +5,8 @@ threads on two cores while another process held one core, the demo ran at 0.8 it
 with one thread. So ``sparseg`` commands (i) let idle OpenMP threads sleep (``OMP_WAIT_POLICY=PASSIVE``,
 set before torch loads the OpenMP runtime) and (ii) use only the cores that are not busy: the usable
 cores minus the 1-minute load average, at least one. ``SPARSEG_THREADS=N`` (or ``OMP_NUM_THREADS=N``)
-fixes the count. Results are reproducible per thread count, not across thread counts.
+fixes the count. Results are reproducible per thread count on one machine, not across thread counts or CPU
+models (either changes the floating-point sums).
 """
 
 from __future__ import annotations

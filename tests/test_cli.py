@@ -1,6 +1,7 @@
 """End-to-end: the CLI trains, resumes, evaluates and predicts on tiny generated data."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,3 +196,23 @@ def test_default_run_folder_is_per_config_name(tmp_path, data_root, monkeypatch)
     monkeypatch.chdir(tmp_path)
     assert main(["train", str(named)]) == 0
     assert (tmp_path / "runs" / "tiny_run" / "last.pt").exists()
+
+
+def test_the_shipped_folder_config_trains_on_a_folder_dataset_with_spaces_in_names(tmp_path, capsys):
+    """configs/folder/supervised.yaml, as the README's own-data section runs it: image folders as lists,
+    masks under masks/, full-size evaluation (no inherited eval.scales)."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("val", 2)):
+        for i in range(n):
+            name = f"photo {i}"
+            for folder, array in (("images", rng.integers(0, 256, (32, 32, 3), np.uint8)),
+                                  ("masks", (rng.random((32, 32)) > 0.5).astype(np.uint8))):
+                (tmp_path / folder / split).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(tmp_path / folder / split / f"{name}.png")
+    config = Path(__file__).parents[1] / "configs" / "folder" / "supervised.yaml"
+    assert main(["train", str(config), "--out", str(tmp_path / "run"), "--set", f"data.root={tmp_path}",
+                 "train.iters=2", "train.eval_every=0", "train.device=cpu", "data.crop_size=32", "data.batch_size=2",
+                 "data.workers=0", "model.width=8", "model.decoder_channels=16"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("mIoU: ")
+    stored = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["config"]
+    assert stored["eval"]["scales"] == [1.0] and stored["data"]["num_classes"] == 2

@@ -100,7 +100,7 @@ def test_shipped_configs_validate(path):
 
 
 def test_every_dataset_ships_configs():
-    assert {path.parent.name for path in SHIPPED_CONFIGS} == {"camvid", "voc", "cityscapes"}
+    assert {path.parent.name for path in SHIPPED_CONFIGS} == {"camvid", "voc", "cityscapes", "folder"}
 
 
 @pytest.mark.parametrize(
