@@ -35,12 +35,13 @@ class BrowserUnavailable(RuntimeError):
 
 
 @contextmanager
-def running_server(app) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on 127.0.0.1 on a free port in a thread; yield the base URL."""
+def running_server(app, port: int = 0) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on 127.0.0.1 in a thread (port 0: a free one); yield the base URL."""
     import uvicorn
 
     sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restarted server takes its port back at once
+    sock.bind(("127.0.0.1", port))
     sock.listen(64)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -93,7 +94,7 @@ class AnnotatePage:
         from selenium.webdriver.common.action_chains import ActionChains
         from selenium.webdriver.common.actions.action_builder import ActionBuilder
 
-        self.driver, self._chains, self._builder = driver, ActionChains, ActionBuilder
+        self.driver, self.url, self._chains, self._builder = driver, url, ActionChains, ActionBuilder
         start = time.perf_counter()
         driver.get(url)
         self.wait(lambda: self.attr("ready") == "1")

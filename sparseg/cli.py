@@ -159,11 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("annotate", help="label images with points and scribbles in the browser (docs/annotate.md)")
     p.add_argument("images", help="image folder, or a split list of images")
-    p.add_argument("--out", required=True, help="label folder: sparse PNGs, train.txt, manifest.json; reopen to resume")
+    p.add_argument("--out", required=True, help="label folder: sparse PNGs, train.txt, manifest.json; reopen to resume "
+                                                "(one server at a time)")
     p.add_argument("--classes", help="YAML file: names: [...] and optionally palette: [[r, g, b], ...]")
     p.add_argument("--dataset", help="use a dataset's classes and list rules (camvid, voc, cityscapes, ...)")
     p.add_argument("--root", help="data root a split list is relative to (default: the list's folder)")
-    p.add_argument("--checkpoint", help="show this model's prediction and where it is unsure")
+    p.add_argument("--checkpoint", help="show this model's prediction and where it is unsure, rank the images by "
+                                        "what a label would teach it, accept its sure labels")
     p.add_argument("--model", help="which of the checkpoint's models to use")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (others: a warning, no authentication)")
     p.add_argument("--port", type=int, default=8765, help="port (0: any free one)")

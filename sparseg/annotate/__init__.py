@@ -5,8 +5,10 @@ The web part (``server``) needs the ``annotate`` extra (Starlette, uvicorn); the
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from collections.abc import Callable
+from pathlib import Path
 
 from sparseg.annotate.store import (
     ClassSet,
@@ -56,14 +58,24 @@ def run_annotate(args, load_trained: Callable) -> int:
                                   f"has {len(classes)}")
     if classes is None:
         raise ConfigError("name the classes: --classes FILE (YAML names + palette), --dataset NAME or --checkpoint")
-    store = LabelStore(root, images, classes, args.out)
+    store = LabelStore(root, images, classes, args.out, exclusive=True)
     from sparseg.annotate.server import serve
 
+    ranker = None
     if state is not None:
-        from sparseg.annotate.assist import ModelAssist
+        from sparseg.annotate.assist import ModelAssist, Ranker
         from sparseg.engine.distributed import DistInfo, resolve_device
 
         device = resolve_device(cfg.train.device, DistInfo())
         assist = ModelAssist(model.to(device), cfg.eval, state["num_classes"], device)
-    serve(store, assist, args.host, args.port)
+        ranker = Ranker(assist, images, store.out / ".annotate" / f"ranking-{checkpoint_key(args)}.json")
+        ranker.start()
+    serve(store, assist, args.host, args.port, ranker=ranker)
     return 0
+
+
+def checkpoint_key(args) -> str:
+    """Names the ranking cache of a checkpoint file (path, size, time) and the model chosen from it."""
+    path = Path(args.checkpoint).resolve()
+    stat = path.stat()
+    return hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{args.model}".encode()).hexdigest()[:16]

@@ -2,19 +2,21 @@
 
 The label folder (``--out``) has the layout ``sparseg sparsify`` writes: ``<image id>.png`` canonical sparse
 labels (classes ``0..K-1``, ``254`` unlabeled; ``sparseg.data.sparse``), ``train.txt`` with one
-``image_path mask_path`` line per labeled image (paths relative to the image root; the mask absolute
-when the folder is outside it), and ``manifest.json``
-(classes and labeled pixels per class). Every file is replaced atomically, so a reader or a crash never
-sees half a file; the PNGs are also fsynced, and the list and manifest of a folder made here are rebuilt from them at
-every start.
-The image root is never written to.
+``image_path mask_path`` line per labeled image (absolute paths, so it trains whatever ``data.root`` is), and
+``manifest.json`` (classes and labeled pixels per class). Every file is replaced atomically, so a reader or a
+crash never sees half a file; the PNGs are also fsynced, and the list and manifest of a folder made here are
+rebuilt from them at every start. One server at a time writes a folder (``annotate.lock``, see
+``lock_label_folder``). Each label file has a version (a hash of its bytes) that a save can be made
+conditional on. The image root is never written to.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,15 +27,48 @@ from PIL import Image
 from sparseg.config import ConfigError, DataConfig
 from sparseg.data import DataError, create_dataset_spec, read_split
 from sparseg.data.splits import IMAGE_SUFFIXES
+from sparseg.engine.rundir import RunDirError, RunLock
 from sparseg.labels import IGNORE, UNLABELED
 from sparseg.serialization import write_atomic
 
 TOOL = "sparseg annotate"  # the manifest's "tool": folders this module maintains
-MAX_IMAGE_PIXELS = 50_000_000  # larger images are refused: the page keeps a byte per pixel per undo step
+MAX_IMAGE_PIXELS = 50_000_000  # larger images are refused: the page keeps two bytes per pixel of the current image
+LOCK_NAME = "annotate.lock"
+NO_FILE = "none"  # the version of a label that has no file yet
 
 
 class LabelError(ValueError):
     """An uploaded label does not fit its image or the class set; the message says how."""
+
+
+class VersionConflict(RuntimeError):
+    """A conditional save found the label file changed since the version it was based on."""
+
+    def __init__(self, image_id: str, current: str) -> None:
+        super().__init__(f"the labels of {image_id} changed since they were loaded (now version {current})")
+        self.current = current
+
+
+def lock_label_folder(out: str | Path) -> RunLock:
+    """Claim ``out`` for one server (``out/annotate.lock``, training's lock: a dead holder's lock is taken over)."""
+    lock = RunLock(Path(out))
+    lock.path = Path(out) / LOCK_NAME
+    try:
+        lock.acquire()
+    except RunDirError:
+        try:
+            owner = json.loads(lock.path.read_text())
+            held = f"pid {owner['pid']} on {owner['host']} since {owner['started']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            held = "an unreadable lock file"
+        raise RunDirError(f"{out} is in use by another sparseg annotate ({held}); stop it or choose another --out "
+                          f"(delete {lock.path} if none runs)") from None
+    return lock
+
+
+def version_of(data: bytes) -> str:
+    """The version of a label file: a hash of its bytes."""
+    return hashlib.sha256(data).hexdigest()[:20]
 
 
 @dataclass(frozen=True)
@@ -151,12 +186,15 @@ def encode_png(label: np.ndarray) -> bytes:
 
 
 class LabelStore:
-    """Sparse labels of an image list kept in ``out``; thread-safe, every write atomic."""
+    """Sparse labels of an image list kept in ``out``; thread-safe, every write atomic. ``exclusive`` claims
+    the folder for this process (``lock_label_folder``) before reading it."""
 
-    def __init__(self, root: Path, images: list[ImageEntry], classes: ClassSet, out: str | Path) -> None:
+    def __init__(self, root: Path, images: list[ImageEntry], classes: ClassSet, out: str | Path,
+                 exclusive: bool = False) -> None:
         self.root, self.classes, self.out = root, classes, Path(out).resolve()
         if self.out.is_relative_to(root):
             raise ConfigError(f"--out {out} is inside the image root {root}; labels are never written there")
+        self.lock = lock_label_folder(self.out) if exclusive else None
         self.images = {entry.id: entry for entry in images}
         self._lock = threading.Lock()
         self._counts: dict[str, np.ndarray] = {}  # id -> labeled pixels per class, for ids with a file
@@ -192,29 +230,47 @@ class LabelStore:
 
     def read(self, image_id: str) -> np.ndarray:
         """The label map [H, W] uint8 of an image; all 254 when it has none yet."""
-        entry = self.entry(image_id)
-        path = self.label_path(image_id)
-        if not path.is_file():
-            return np.full(entry.size[::-1], UNLABELED, dtype=np.uint8)
-        return self._decode(entry, path.read_bytes(), "image/png")
+        return self.read_versioned(image_id)[0]
 
-    def save(self, image_id: str, payload: bytes, content_type: str) -> np.ndarray:
+    def read_versioned(self, image_id: str) -> tuple[np.ndarray, str]:
+        """The label map and its version (``NO_FILE`` when the image has no label file)."""
+        entry = self.entry(image_id)
+        data = self._file_bytes(image_id)
+        if data is None:
+            return np.full(entry.size[::-1], UNLABELED, dtype=np.uint8), NO_FILE
+        return self._decode(entry, data, "image/png"), version_of(data)
+
+    def save(self, image_id: str, payload: bytes, content_type: str,
+             expected: Collection[str] | None = None) -> tuple[np.ndarray, str]:
         """Validate an uploaded label (raw bytes row by row, or a PNG) and replace the image's file and
-        the folder's list and manifest; return the per-class pixel counts. Concurrent saves of one image
-        are serialised: the last one wins and the file is never torn."""
+        the folder's list and manifest; return the per-class pixel counts and the new version. With
+        ``expected``, VersionConflict unless the file is still at one of those versions. Concurrent saves of one image
+        are serialised and the file is never torn."""
         entry = self.entry(image_id)
         label = self._decode(entry, payload, content_type)
         counts = self._class_counts(label)
         path = self.label_path(image_id)
+        data = encode_png(label)
         with self._lock:
             path.parent.mkdir(parents=True, exist_ok=True)
             if path.parent.resolve().is_relative_to(self.root):
                 raise PermissionError(f"{path.parent} resolves into the image root {self.root}; labels are never "
                                       "written there")
-            write_atomic(path, encode_png(label))
+            if expected is not None:
+                current = self._file_bytes(image_id)
+                current = NO_FILE if current is None else version_of(current)
+                if current not in expected:
+                    raise VersionConflict(image_id, current)
+            write_atomic(path, data)
             self._counts[image_id] = counts
             self._write_index()
-        return counts
+        return counts, version_of(data)
+
+    def _file_bytes(self, image_id: str) -> bytes | None:
+        try:
+            return self.label_path(image_id).read_bytes()
+        except FileNotFoundError:
+            return None
 
     def _decode(self, entry: ImageEntry, payload: bytes, content_type: str) -> np.ndarray:
         width, height = entry.size
@@ -262,7 +318,8 @@ class LabelStore:
             return False
 
     def _write_index(self) -> None:
-        """``train.txt`` (labeled images, in list order) and ``manifest.json``, as ``sparsify`` lays them out."""
+        """``train.txt`` (labeled images, in list order; absolute paths) and ``manifest.json``, as ``sparsify``
+        lays them out."""
         lines, images, totals = [], {}, np.zeros(self.num_classes, dtype=np.int64)
         for image_id, entry in self.images.items():
             counts = self._counts.get(image_id)
@@ -271,9 +328,7 @@ class LabelStore:
             images[image_id] = {"labeled_pixels": counts.tolist()}
             totals += counts
             if counts.sum() > 0:
-                mask = self.label_path(image_id)  # relative to the root when inside it, else absolute (as sparsify)
-                mask = mask.relative_to(self.root) if mask.is_relative_to(self.root) else mask
-                lines.append(f"{entry.path.relative_to(self.root).as_posix()} {mask.as_posix()}\n")
+                lines.append(f"{entry.path.as_posix()} {self.label_path(image_id).as_posix()}\n")
         labeled, total = self.progress()
         manifest = {
             "tool": TOOL,

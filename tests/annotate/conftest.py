@@ -52,3 +52,17 @@ class HalfSureModel(torch.nn.Module):
 @pytest.fixture
 def half_sure_model():
     return HalfSureModel()
+
+
+class PerImageModel(torch.nn.Module):
+    """Knows the conftest images by their width: sure of class 1 on "a" (40 px), unsure between classes 1 and 0
+    on "b" (32 px), sure of class 2 on "sub/c" (20 px), so class 2 is the rare one of the pool."""
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        logits = torch.zeros(b, 3, h, w)
+        if w == 32:
+            logits[:, 1], logits[:, 0] = 1, 0.9
+        else:
+            logits[:, 1 if w == 40 else 2] = 10
+        return {"pred": logits}

@@ -1,3 +1,5 @@
+import time
+
 import pytest
 
 from sparseg.cli import main
@@ -30,6 +32,28 @@ def test_missing_images_are_reported(tmp_path, classes_file, capsys):
     assert "no such image folder or split list" in capsys.readouterr().err
 
 
+def test_a_second_server_on_one_folder_is_refused_until_the_first_is_gone(image_root, classes_file, tmp_path,
+                                                                        capsys, monkeypatch):
+    import subprocess
+    import sys
+
+    import uvicorn
+
+    argv = ["annotate", str(image_root), "--classes", str(classes_file), "--out", str(tmp_path / "o"), "--port", "0"]
+    first = subprocess.Popen([sys.executable, "-m", "sparseg", *argv], stdout=subprocess.PIPE, text=True)
+    try:
+        assert any("open http://127.0.0.1:" in line for line in first.stdout)  # serving
+        monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: sockets[0].close())
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"in use by another sparseg annotate (pid {first.pid} " in err
+    finally:
+        first.kill()  # SIGKILL: the lock file stays behind
+        first.wait()
+    assert (tmp_path / "o" / "annotate.lock").exists()
+    assert main(argv) == 0  # the dead server's lock is taken over
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 2-iteration model on generated 32x32 data: (data root, checkpoint)."""
@@ -54,7 +78,8 @@ def test_checkpoint_gives_classes_and_the_model_overlay(trained, tmp_path, class
 
     root, checkpoint = trained
     served = {}
-    monkeypatch.setattr(server, "serve", lambda store, assist, *address: served.update(store=store, assist=assist))
+    monkeypatch.setattr(server, "serve", lambda store, assist, *address, ranker: served.update(
+        store=store, assist=assist, ranker=ranker))
     argv = ["annotate", str(root / "train.txt"), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")]
     assert main(argv) == 0
     store, assist = served["store"], served["assist"]
@@ -62,6 +87,13 @@ def test_checkpoint_gives_classes_and_the_model_overlay(trained, tmp_path, class
     entry = next(iter(store.images.values()))
     maps = assist.maps(entry.id, entry.path)
     assert maps.shape == (3, entry.size[1], entry.size[0]) and maps[0].max() < len(SYNTHETIC_CLASSES)
+    ranker = served["ranker"]
+    for _ in range(200):  # scored in the background, cached under --out per checkpoint
+        if ranker.snapshot()["done"] == 4:
+            break
+        time.sleep(0.05)
+    assert ranker.snapshot()["done"] == 4 and ranker.cache.parent == store.out / ".annotate"
+    assert ranker.cache.is_file()
 
     assert main([*argv, "--classes", str(classes_file)]) == 2
     assert f"predicts {len(SYNTHETIC_CLASSES)} classes but the class set has 3" in capsys.readouterr().err

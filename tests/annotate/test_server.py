@@ -10,7 +10,7 @@ from sparseg.annotate.server import create_app, serve
 from sparseg.config import EvalConfig
 from sparseg.labels import UNLABELED
 
-RAW = {"Content-Type": "application/octet-stream"}
+RAW = {"Content-Type": "application/octet-stream", "If-Match": '"none"'}  # a first save: no file yet
 
 
 @pytest.fixture
@@ -38,16 +38,20 @@ def test_page_and_images_are_served(client, image_root):
 
 def test_label_round_trip_raw_and_png(client, store):
     empty = client.get("/api/label/a")
-    assert empty.content == bytes([UNLABELED]) * 1200
+    assert empty.content == bytes([UNLABELED]) * 1200 and empty.headers["etag"] == '"none"'
     label = np.full((30, 40), UNLABELED, np.uint8)
     label[10:13, 5:25] = 2
-    reply = client.put("/api/label/a", content=label.tobytes(), headers=RAW)
+    reply = client.put("/api/label/a", content=label.tobytes(), headers={**RAW, "If-Match": empty.headers["etag"]})
     assert reply.status_code == 200
-    assert reply.json() == {"id": "a", "labeled_pixels": 60, "progress": {"labeled": 1, "total": 3}}
+    version = reply.json().pop("version")
+    assert reply.json() == {"id": "a", "labeled_pixels": 60, "version": version,
+                            "progress": {"labeled": 1, "total": 3}}
+    assert reply.headers["etag"] == f'"{version}"' == client.get("/api/label/a").headers["etag"]
     assert client.get("/api/label/a").content == label.tobytes()
     assert np.array_equal(np.asarray(Image.open(store.out / "a.png")), label)
     label[0, 0] = 0
-    reply = client.put("/api/label/a", content=encode_png(label), headers={"Content-Type": "image/png"})
+    reply = client.put("/api/label/a", content=encode_png(label),
+                       headers={"Content-Type": "image/png", "If-Match": f'"{version}"'})
     assert reply.status_code == 200
     assert client.get("/api/label/a").content == label.tobytes()
     assert client.get("/api/session").json()["images"][0]["labeled_pixels"] == 61
@@ -68,6 +72,29 @@ def test_paths_outside_the_list_are_refused(client, image_root, tmp_path, path):
     assert response.status_code == 404
     if path.startswith("/api"):
         assert "not in the list" in response.json()["error"] or "no image" in response.json()["error"]
+
+
+def test_a_save_based_on_an_old_version_is_412_and_writes_nothing(client, store):
+    first = np.full((30, 40), UNLABELED, np.uint8)
+    first[0] = 1
+    assert client.put("/api/label/a", content=first.tobytes(), headers=RAW).status_code == 200
+    on_disk = store.label_path("a").read_bytes()
+    stale = client.put("/api/label/a", content=np.zeros((30, 40), np.uint8).tobytes(), headers=RAW)
+    assert stale.status_code == 412 and "changed since they were loaded" in stale.json()["error"]
+    assert stale.headers["etag"] == client.get("/api/label/a").headers["etag"]
+    missing = client.put("/api/label/a", content=first.tobytes(), headers={"Content-Type": "application/octet-stream"})
+    assert missing.status_code == 428 and "If-Match" in missing.json()["error"]
+    assert store.label_path("a").read_bytes() == on_disk
+
+
+def test_state_changing_requests_from_another_origin_are_403_whatever_the_client(client, store):
+    body = np.zeros((30, 40), np.uint8).tobytes()
+    for origin in ("http://evil.example", "null", "http://testserver:8765"):
+        response = client.put("/api/label/a", content=body, headers={**RAW, "Origin": origin})
+        assert response.status_code == 403 and f"origin {origin} refused" in response.json()["error"]
+    assert not store.label_path("a").exists()
+    assert client.get("/api/label/a", headers={"Origin": "http://evil.example"}).status_code == 200
+    assert client.put("/api/label/a", content=body, headers={**RAW, "Origin": "http://testserver"}).status_code == 200
 
 
 def test_writes_outside_the_list_are_refused(client, store, tmp_path):
@@ -94,7 +121,7 @@ def test_a_label_folder_linked_into_the_image_root_is_not_written(client, store,
     (b"\x00" * 200_000, "application/octet-stream", 413, "over the"),
 ])
 def test_bad_payloads_are_refused_with_a_clear_message(client, store, body, content_type, status, fragment):
-    response = client.put("/api/label/a", content=body, headers={"Content-Type": content_type})
+    response = client.put("/api/label/a", content=body, headers={**RAW, "Content-Type": content_type})
     assert response.status_code == status
     assert fragment in response.json()["error"]
     assert not store.label_path("a").exists()
@@ -149,3 +176,34 @@ def test_a_busy_port_is_one_clear_error():
             bind("127.0.0.1", taken.getsockname()[1])
     finally:
         taken.close()
+
+
+def test_ranking_scores_uncertainty_and_rare_classes_and_is_cached_per_checkpoint(store):
+    from sparseg.annotate.assist import Ranker
+    from tests.annotate.conftest import PerImageModel
+
+    class Counting(PerImageModel):
+        calls = 0
+
+        def forward(self, x):
+            Counting.calls += 1
+            return super().forward(x)
+
+    assist = ModelAssist(Counting(), EvalConfig(mode="whole"), 3, torch.device("cpu"))
+    cache = store.out / ".annotate" / "ranking-x.json"
+    ranker = Ranker(assist, list(store.images.values()), cache)
+    client = TestClient(create_app(store, assist, ranker=ranker))
+    assert client.get("/api/session").json()["ranking"] is True
+    assert client.get("/api/ranking").json() == {"done": 0, "total": 3, "error": None, "scores": {}}
+    ranker.run()
+    ranking = client.get("/api/ranking").json()
+    assert ranking["done"] == 3 and Counting.calls == 3
+    scores = ranking["scores"]
+    # b: unsure (normalised entropy ~0.96); c: sure, but of class 2, predicted on 1/3 of the pool's images
+    assert scores["b"]["uncertainty"] > 0.9 and scores["a"]["uncertainty"] < 0.01
+    assert scores["sub/c"]["balance"] == 1 and 0 < scores["a"]["balance"] < 0.5
+    assert scores["b"]["score"] > scores["sub/c"]["score"] > scores["a"]["score"]
+    again = Ranker(assist, list(store.images.values()), cache)  # a restart with the same checkpoint
+    again.run()
+    assert Counting.calls == 3 and again.snapshot()["scores"] == scores
+    assert TestClient(create_app(store)).get("/api/ranking").status_code == 404

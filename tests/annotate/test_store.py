@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from sparseg.annotate import LabelError, LabelStore, encode_png, find_images, load_classes
-from sparseg.annotate.store import dataset_classes
+from sparseg.annotate.store import NO_FILE, VersionConflict, dataset_classes, lock_label_folder
 from sparseg.config import ConfigError, DataConfig
 from sparseg.data import DataError, EvalTransform, build_dataset, create_dataset_spec, read_split, sparsify_list
 from sparseg.labels import UNLABELED
@@ -65,16 +65,46 @@ def test_save_writes_canonical_png_list_and_manifest_that_training_reads(store, 
     store.save("a", label.tobytes(), "application/octet-stream")
     store.save("sub/c", np.full((16, 20), UNLABELED, np.uint8).tobytes(), "application/octet-stream")
     assert np.array_equal(np.asarray(Image.open(store.out / "a.png")), label)
-    # only images with a labeled pixel are listed; paths relative to the image root, as sparsify writes them
-    assert (store.out / "train.txt").read_text() == f"a.png {store.out / 'a.png'}\n"
+    # only images with a labeled pixel are listed, with absolute paths
+    assert (store.out / "train.txt").read_text() == f"{image_root.resolve() / 'a.png'} {store.out / 'a.png'}\n"
     manifest = json.loads((store.out / "manifest.json").read_text())
     assert manifest["summary"]["labeled_pixels_per_class"] == {"sky": 0, "road": 60, "car": 1}
     assert manifest["summary"]["images_labeled"] == 1 and manifest["images"]["sub/c"]["labeled_pixels"] == [0, 0, 0]
     assert store.progress() == (1, 3)
-    cfg = DataConfig(dataset="folder", root=str(image_root), train_list=str(store.out / "train.txt"),
-                     num_classes=3, label_format="sparse")
-    item = build_dataset(cfg, "train_list", labeled=True, transform=EvalTransform())[0]
-    assert np.array_equal(item["mask"].numpy(), label)
+    for root in (image_root, image_root.parent / "elsewhere"):  # trains whatever data.root says
+        cfg = DataConfig(dataset="folder", root=str(root), train_list=str(store.out / "train.txt"),
+                         num_classes=3, label_format="sparse")
+        item = build_dataset(cfg, "train_list", labeled=True, transform=EvalTransform())[0]
+        assert np.array_equal(item["mask"].numpy(), label)
+
+
+def test_a_save_conditional_on_an_old_version_is_refused(store):
+    label = np.full((30, 40), UNLABELED, dtype=np.uint8)
+    assert store.read_versioned("a")[1] == NO_FILE
+    _, version = store.save("a", label.tobytes(), "application/octet-stream", expected=[NO_FILE])
+    assert store.read_versioned("a")[1] == version != NO_FILE
+    label[0, 0] = 1
+    with pytest.raises(VersionConflict, match=f"changed since they were loaded \\(now version {version}\\)"):
+        store.save("a", label.tobytes(), "application/octet-stream", expected=[NO_FILE])
+    assert store.labeled_pixels("a") == 0
+    store.save("a", label.tobytes(), "application/octet-stream", expected=[version])
+    assert store.labeled_pixels("a") == 1
+
+
+def test_one_server_per_label_folder_and_a_dead_servers_lock_is_taken_over(image_root, classes_file, tmp_path):
+    import json as json_
+    import socket
+
+    root, images = find_images(image_root)
+    out = tmp_path / "labels"
+    first = LabelStore(root, images, load_classes(classes_file), out, exclusive=True)
+    with pytest.raises(Exception, match=f"{out} is in use by another sparseg annotate .*pid"):
+        LabelStore(root, images, load_classes(classes_file), out, exclusive=True)
+    first.lock.release()
+    dead = json_.dumps({"pid": 2 ** 22 + 1, "host": socket.gethostname(), "started": "earlier"})
+    (out / "annotate.lock").write_text(dead)  # a server killed outright: no such process
+    LabelStore(root, images, load_classes(classes_file), out, exclusive=True).lock.release()
+    assert not (out / "annotate.lock").exists()
 
 
 def test_reopening_the_folder_resumes(store, image_root, classes_file):
