@@ -21,6 +21,7 @@ import torch.distributed as dist
 from pydantic import Field
 from torch import Tensor, nn
 
+from sparseg.labels import IGNORE
 from sparseg.methods.base import MethodConfig
 
 _EPS = 1e-6  # floor of a measured share or mean probability inside the log
@@ -100,3 +101,22 @@ class ClassMixAlignment(nn.Module):
         return {name: [round(v, 5) for v in getattr(self, buffer).tolist()]
                 for name, buffer in (("align_bias", "bias"), ("align_measured_share", "share"),
                                      ("class_prior", "prior"))}
+
+
+class ClassShares:
+    """Each class's share of the pseudo-labels a method kept and of the labeled pixels, over the steps since the
+    last ``logs()`` (this process's batches): the collapse monitor, logged beside π (docs/methods/alignment.md)."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self._counts: dict[str, Tensor] = {}
+
+    def count(self, name: str, labels: Tensor) -> None:
+        """Add the classes of ``labels`` (255 = not counted) to the counts logged as ``name``."""
+        counts = torch.bincount(labels[labels != IGNORE], minlength=self.num_classes)[: self.num_classes]
+        self._counts[name] = self._counts[name] + counts if name in self._counts else counts
+
+    def logs(self) -> dict[str, list[float]]:
+        logs = {name: [round(v, 5) for v in (c / c.sum().clamp_min(1)).tolist()] for name, c in self._counts.items()}
+        self._counts = {}
+        return logs

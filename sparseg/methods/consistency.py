@@ -25,7 +25,8 @@ from torch import Tensor
 
 from sparseg.data.transforms import cutmix, random_area_boxes, strong_photometric
 from sparseg.engine.ema import create_teacher, ema_decay, ema_update, ema_update_buffers
-from sparseg.methods.alignment import ClassMixAlignment, PseudoLabelConfig
+from sparseg.labels import IGNORE
+from sparseg.methods.alignment import ClassMixAlignment, ClassShares, PseudoLabelConfig
 from sparseg.methods.base import Method, MethodConfig, MethodContext, Step, step_generator
 from sparseg.methods.losses import upsample
 from sparseg.methods.supervised import SupervisedConfig, supervised_loss
@@ -134,6 +135,7 @@ class ConsistencyMethod(Method):
         super().__init__(model, cfg, context)
         self.teacher = create_teacher(model) if cfg.teacher == "ema" else None
         self.alignment = ClassMixAlignment(cfg.pseudo_label, context.num_classes, context.class_prior)
+        self.class_shares = ClassShares(context.num_classes)
         self.labeled_cfg = SupervisedConfig(
             loss=cfg.labeled_loss, ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept
         )
@@ -150,7 +152,8 @@ class ConsistencyMethod(Method):
         return {"teacher": self.teacher, "student": self.model}
 
     def extra_logs(self) -> dict[str, Any]:
-        return {**{key: float(value) for key, value in self._logs.items()}, **self.alignment.logs()}
+        return {**{key: float(value) for key, value in self._logs.items()}, **self.alignment.logs(),
+                **self.class_shares.logs()}
 
     def generator(self, step: Step, purpose: str) -> torch.Generator:
         """A fresh CPU generator for (seed, iteration, purpose, rank)."""
@@ -224,6 +227,8 @@ class ConsistencyMethod(Method):
             bracket = bracket + sum(plugin_terms.values())
         confident = (weak.conf >= self.cfg.threshold) & weak.valid
         self._logs["mask_ratio"] = confident.sum() / weak.valid.sum().clamp_min(1)
+        self.class_shares.count("pseudo_label_share", weak.label.masked_fill(~confident, IGNORE))
+        self.class_shares.count("label_share", labeled["mask"])
         return {"loss": 0.5 * bracket, **terms}
 
     def after_optimizer_step(self, step: Step) -> None:

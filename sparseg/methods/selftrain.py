@@ -26,7 +26,7 @@ from sparseg.data.transforms import cutmix, half_area_boxes
 from sparseg.engine.ema import copy_parameters, create_teacher, ema_decay, ema_update
 from sparseg.labels import IGNORE
 from sparseg.methods import register_method
-from sparseg.methods.alignment import ClassMixAlignment, PseudoLabelConfig
+from sparseg.methods.alignment import ClassMixAlignment, ClassShares, PseudoLabelConfig
 from sparseg.methods.base import Method, MethodContext, Step, step_generator
 from sparseg.methods.losses import cross_entropy, upsample
 from sparseg.methods.supervised import SupervisedConfig, supervised_loss
@@ -194,8 +194,7 @@ class SelfTrain(Method):
         self.teacher = create_teacher(model)
         self.alignment = ClassMixAlignment(cfg.pseudo_label, context.num_classes, context.class_prior)
         self._logs: dict[str, float] = {}
-        # per-class pixel counts of kept pseudo-labels and of labels since the last log (class collapse monitor)
-        self._class_counts = {"pseudo_label_share": None, "label_share": None}
+        self.class_shares = ClassShares(context.num_classes)
 
     def eval_models(self):
         return {"teacher": self.teacher, "student": self.model}
@@ -203,17 +202,7 @@ class SelfTrain(Method):
     def extra_logs(self) -> dict[str, Any]:
         """The scalars of the last step, and each class's share of the kept pseudo-labels and of the labeled
         pixels over the semi-supervised steps since the previous call (this process's batches)."""
-        logs: dict[str, Any] = {**self._logs, **self.alignment.logs()}
-        for name, counts in self._class_counts.items():
-            if counts is not None:
-                logs[name] = [round(v, 5) for v in (counts / counts.sum().clamp_min(1)).tolist()]
-                self._class_counts[name] = None
-        return logs
-
-    def _count_classes(self, name: str, labels: Tensor) -> None:
-        counts = torch.bincount(labels[labels != IGNORE], minlength=self.num_classes)[: self.num_classes]
-        previous = self._class_counts[name]
-        self._class_counts[name] = counts if previous is None else previous + counts
+        return {**self._logs, **self.alignment.logs(), **self.class_shares.logs()}
 
     def teacher_forward(self, images: Tensor) -> dict[str, Tensor]:
         """The teacher on ``images`` without gradient, in float32 outside autocast unless ``teacher_precision: amp``
@@ -281,8 +270,8 @@ class SelfTrain(Method):
             teacher_pred[n_labeled:], x_u, unlabeled["valid"], groups, drop_percent, cfg.cutmix_prob,
             self.context.seed, step.iteration,
         )
-        self._count_classes("pseudo_label_share", y_mix)
-        self._count_classes("label_share", labeled["mask"])
+        self.class_shares.count("pseudo_label_share", y_mix)
+        self.class_shares.count("label_share", labeled["mask"])
         views = [x_l, x_u, x_mix] if cfg.forward_unmixed_u else [x_l, x_mix]
         student = self.model(torch.cat(views))
         pred_mix = student["pred"][-len(x_u):]
