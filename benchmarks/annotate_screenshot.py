@@ -1,5 +1,7 @@
-"""docs/annotate.png: the annotate page on a CamVid image with the prediction overlay and unsure pixels, and the
-page load time (navigation start to the first image and its labels shown, by the page's clock; median of 5).
+"""docs/annotate.png: the annotate page with the image list ordered by the "label next" score, on the best
+unlabeled CamVid image (key N), after one stroke of the accept tool (the model's class where it is sure) with
+the unsure pixels shown; and the page load time (navigation start to the first image and its labels shown, by
+the page's clock; median of 5).
 
     OMP_NUM_THREADS=1 python benchmarks/annotate_screenshot.py --list LIST --labels DIR --checkpoint CKPT \
         --image train/0001TP_007110 --out docs/annotate.png
@@ -32,7 +34,7 @@ def main() -> None:
     parser.add_argument("--list", required=True)
     parser.add_argument("--labels", required=True)
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--image", required=True, help="image id to show")
+    parser.add_argument("--image", required=True, help="image id to open first (then N: the best unlabeled one)")
     parser.add_argument("--out", default="docs/annotate.png")
     parser.add_argument("--threshold", type=int, default=40, help="'unsure below' slider, percent")
     args = parser.parse_args()
@@ -40,7 +42,7 @@ def main() -> None:
     import torch
 
     from sparseg.annotate import LabelStore, dataset_classes, find_images
-    from sparseg.annotate.assist import ModelAssist
+    from sparseg.annotate.assist import ModelAssist, Ranker
     from sparseg.annotate.server import create_app
     from sparseg.cli import load_trained
 
@@ -52,7 +54,9 @@ def main() -> None:
         shutil.copytree(args.labels, labels)
         root, images = find_images(args.list, args.camvid, "camvid")
         store = LabelStore(root, images, dataset_classes("camvid"), labels)
-        with harness.running_server(create_app(store, assist)) as url, harness.chromium() as driver:
+        ranker = Ranker(assist, images, Path(work) / "ranking.json")
+        ranker.run()
+        with harness.running_server(create_app(store, assist, ranker=ranker)) as url, harness.chromium() as driver:
             loads = []
             for _ in range(5):
                 driver.get("about:blank")  # a full load each time, not a same-document hash change
@@ -61,13 +65,22 @@ def main() -> None:
             print("page loads (wall ms, page-clock ms):", loads)
             print(f"median page load: {statistics.median(w for w, _ in loads):.0f} ms wall, "
                   f"{statistics.median(p for _, p in loads):.0f} ms by the page's clock")
-            page.press("mu")
+            page.wait(lambda: page.attr("rankingDone") == "1")
+            driver.execute_script("const order = document.getElementById('order');"
+                                  "order.value = 'score'; order.dispatchEvent(new Event('change'));")
+            page.press("n")  # the best unlabeled image
+            page.wait(lambda: page.attr("ready") == "1" and page.image_id() != args.image)
+            page.press("mua" + "]" * 16)  # overlays on, the accept tool, a 32-pixel brush
             page.wait(lambda: driver.execute_script(
                 "return document.getElementById('assist-status').textContent.startsWith('unsure:');"), timeout=120)
             page.driver.execute_script(
                 "for (const [id, value] of [['opacity', 90], ['threshold', arguments[0]]]) {"
                 "  document.getElementById(id).value = value;"
                 "  document.getElementById(id).dispatchEvent(new Event('input')); }", args.threshold)
+            width, height = driver.execute_script("return [state.width, state.height];")
+            page.strokes([[(width * 0.1, height * 0.8), (width * 0.5, height * 0.7), (width * 0.9, height * 0.8)]])
+            page.wait_saved()  # accepted: the model's sure classes under the stroke
+            page.press("m")  # prediction overlay off: the accepted labels and the unsure pixels show
             shot = Path(work) / "shot.png"
             driver.save_screenshot(str(shot))
             print(driver.execute_script("return document.getElementById('assist-status').textContent;"))

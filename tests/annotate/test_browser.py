@@ -278,7 +278,14 @@ def test_the_ranking_sorts_the_list_and_next_best_goes_to_the_top_image(ranked_p
     assert page.image_id() == "a"
     page.press("n")
     page.wait(lambda: page.image_id() == "b" and page.attr("ready") == "1")
-    page.press("n")  # b is current: the next best is c
+    page.press("0")
+    page.strokes([[(2, 2), (20, 2)]])  # b labeled: "label next" lists it after the unlabeled images
+    page.wait_saved()
+    Select(page.driver.find_element("id", "order")).select_by_value("list")
+    Select(page.driver.find_element("id", "order")).select_by_value("score")
+    assert page.driver.execute_script(
+        "return [...document.querySelectorAll('#images li')].map((li) => li.dataset.id);") == ["sub/c", "a", "b"]
+    page.press("n")
     page.wait(lambda: page.image_id() == "sub/c" and page.attr("ready") == "1")
 
 

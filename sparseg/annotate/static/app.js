@@ -553,13 +553,15 @@ function updateImageList() {
   state.items[state.index]?.scrollIntoView({ block: "nearest" });
 }
 
-// Show the list in list order or by descending score (unscored images last, in list order).
+// Show the list in list order or "label next": unlabeled images first, each group by descending score
+// (unscored images after the scored ones, in list order).
 function sortImages() {
   const images = state.session.images;
   const order = images.map((_, i) => i);
   if (state.order === "score") {
-    const key = (i) => state.scores[images[i].id]?.score ?? -Infinity;
-    order.sort((a, b) => key(b) - key(a) || a - b);
+    const labeled = (i) => (images[i].labeled_pixels > 0 ? 1 : 0);
+    const score = (i) => state.scores[images[i].id]?.score ?? -Infinity;
+    order.sort((a, b) => labeled(a) - labeled(b) || score(b) - score(a) || a - b);
   }
   $("images").append(...order.map((i) => state.items[i]));
 }
