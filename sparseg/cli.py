@@ -281,9 +281,9 @@ def _check_num_classes(value: int | None) -> None:
 
 
 def _image_paths(inputs: list[str]) -> list[Path]:
-    from sparseg.eval.predict import find_images
+    from sparseg.eval.predict import input_images
 
-    return [path for path, _ in find_images(inputs)]
+    return [path for path, _ in input_images(inputs)]
 
 
 def cmd_predict(args) -> int:
@@ -348,7 +348,7 @@ def cmd_splits(args) -> int:
 
 
 def cmd_depth(args) -> int:
-    from sparseg.depth import DEFAULT_ESTIMATOR, compute_depth
+    from sparseg.depth_estimation import DEFAULT_ESTIMATOR, compute_depth
     from sparseg.engine.distributed import DistInfo, resolve_device
 
     result = compute_depth(

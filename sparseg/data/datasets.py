@@ -359,6 +359,9 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         index, sample_seed = key if isinstance(key, tuple) else (key, None)
+        if not -len(self.entries) <= index < len(self.entries):  # also ends ``for item in dataset``
+            raise IndexError(f"index {index} out of range for {len(self.entries)} entries")
+        index %= len(self.entries)
         for offset in range(len(self.entries)):  # with on_bad_image=skip: the next readable entry
             i = (index + offset) % len(self.entries)
             if self.entries[i].image in self.skipped:

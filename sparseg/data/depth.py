@@ -25,9 +25,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image
+from torch import Tensor
 
 from sparseg.data.errors import DataError
 from sparseg.data.splits import SplitEntry
+from sparseg.stats import quantile
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +49,18 @@ def to_disparity(raw: np.ndarray | torch.Tensor, kind: Literal["disparity", "dep
     return raw if kind == "disparity" else 1.0 / (raw.clip(0.0) + _DEPTH_EPS)
 
 
-def robust_normalise(disparity: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """d̃ = clip((d − q_lo)/(q_hi − q_lo), 0, 1) with the image's 1st/99th percentiles; returns (d̃, q_lo, q_hi)."""
-    d = np.asarray(disparity, dtype=np.float64)
-    q_lo, q_hi = (float(q) for q in np.percentile(d, PERCENTILES))
-    normalised = np.clip((d - q_lo) / max(q_hi - q_lo, _MIN_SPAN), 0.0, 1.0)
-    return normalised.astype(np.float32), q_lo, q_hi
+def robust_normalise(disparity: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """d̃ = clip((d − q_lo)/(q_hi − q_lo), 0, 1) with the 1st/99th percentiles of the ``valid`` pixels (every
+    pixel without ``valid`` or when it selects none); returns (d̃, q_lo, q_hi) in the input's dtype."""
+    values = disparity[valid] if valid is not None and bool(valid.any()) else disparity.flatten()
+    q_lo, q_hi = (quantile(values, p / 100) for p in PERCENTILES)
+    return ((disparity - q_lo) / (q_hi - q_lo).clamp_min(_MIN_SPAN)).clamp(0, 1), q_lo, q_hi
+
+
+def robust_normalise_array(disparity: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """``robust_normalise`` of a whole image as float64 numpy; returns (float32 d̃, q_lo, q_hi)."""
+    normalised, q_lo, q_hi = robust_normalise(torch.from_numpy(np.asarray(disparity, dtype=np.float64)))
+    return normalised.float().numpy(), float(q_lo), float(q_hi)
 
 
 def save_depth(path: Path, normalised: np.ndarray, fmt: Literal["png16", "npy"]) -> None:
@@ -175,5 +183,5 @@ class DepthReader:
                                  f"(height, width), the image is {height}x{width}")
             depth = values if self.norm == "robust" else record["q_lo"] + values * (record["q_hi"] - record["q_lo"])
         else:
-            depth = robust_normalise(values)[0] if self.norm == "robust" else values
+            depth = robust_normalise_array(values)[0] if self.norm == "robust" else values
         return {"depth": np.asarray(depth, np.float32), "depth_valid": np.ones((height, width), bool)}

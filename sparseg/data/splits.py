@@ -155,16 +155,20 @@ def _read_lines(list_path: Path, root: Path, spec: PathRules, labeled: bool) -> 
     return lines
 
 
-def _folder_lines(folder: Path, root: Path, spec: PathRules, labeled: bool) -> list[_Line]:
-    """Every image below ``folder`` as an image-path line, in sorted order. A file that is the mask of another
-    image (a dataset root holding images and masks) is a mask, not an image."""
-    files = sorted(
+def image_files(folder: Path) -> list[Path]:
+    """Every image file below ``folder`` (recursive, sorted), hidden files and folders (``.name``) left out."""
+    return sorted(
         path for path in folder.rglob("*")
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
         and not any(part.startswith(".") for part in path.relative_to(folder).parts)
     )
+
+
+def _folder_lines(folder: Path, root: Path, spec: PathRules, labeled: bool) -> list[_Line]:
+    """Every image below ``folder`` as an image-path line, in sorted order. A file that is the mask of another
+    image (a dataset root holding images and masks) is a mask, not an image."""
     lines = []
-    for number, path in enumerate(files, start=1):
+    for number, path in enumerate(image_files(folder), start=1):
         text = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path.absolute())
         lines.append(_parse_line(text, number, str(path), root, spec, labeled=False))
     masks = {line.entry.mask for line in lines}

@@ -86,11 +86,7 @@ def share_from_main(value: object, info: DistInfo) -> object:
     return box[0]
 
 
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def cleanup() -> None:
+def shutdown_distributed() -> None:
+    """Destroy the process group ``init_distributed`` joined (nothing without one)."""
     if dist.is_initialized():
         dist.destroy_process_group()

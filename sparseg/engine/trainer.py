@@ -27,7 +27,14 @@ from sparseg.data import (
     shard_indices,
 )
 from sparseg.engine.checkpoint import CheckpointError, load_checkpoint, load_module_state, save_checkpoint
-from sparseg.engine.distributed import DistInfo, init_distributed, resolve_device, share_from_main, wrap_ddp
+from sparseg.engine.distributed import (
+    DistInfo,
+    init_distributed,
+    resolve_device,
+    share_from_main,
+    shutdown_distributed,
+    wrap_ddp,
+)
 from sparseg.engine.logger import RunLogger, plot_curves
 from sparseg.engine.optim import build_optimizer, poly_factor, scaled_lr, set_lr
 from sparseg.engine.rundir import RunDirError, RunLock, check_run_dir, claim_run_dir, record_config_changes
@@ -298,8 +305,14 @@ class Trainer:
             plot_curves(self.out_dir / "metrics.jsonl", self.out_dir / "curves.png")
 
     def close(self) -> None:
-        """Close the logs and release the run folder's lock (a second call does nothing)."""
+        """Close the logs, stop the loaders' persistent workers and release the run folder's lock (a second
+        call does nothing)."""
         self.logger.close()
+        for stream in self.streams:
+            workers = stream.loader._iterator  # torch has no public call that stops persistent workers
+            if workers is not None:
+                workers._shutdown_workers()
+                stream.loader._iterator = None
         if self.run_lock is not None:
             self.run_lock.release()
 
@@ -504,9 +517,13 @@ def _describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False,
           allow_config_change: bool = False) -> EvalResult | None:
-    trainer = Trainer(cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change)
-    if trainer.iteration >= trainer.total_iters:
-        trainer.logger.message(f"{cfg.out}/last.pt already finished {trainer.total_iters} iterations")
-        trainer.close()
-        return None
-    return trainer.fit()
+    """Train ``cfg`` to its end; the process group of a torchrun launch is destroyed afterwards."""
+    try:
+        trainer = Trainer(cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change)
+        if trainer.iteration >= trainer.total_iters:
+            trainer.logger.message(f"{cfg.out}/last.pt already finished {trainer.total_iters} iterations")
+            trainer.close()
+            return None
+        return trainer.fit()
+    finally:
+        shutdown_distributed()

@@ -23,7 +23,7 @@ from torch import nn
 from sparseg.config import EvalConfig
 from sparseg.data.datasets import DECODE_ERRORS, to_rgb
 from sparseg.data.errors import DataWarning
-from sparseg.data.splits import IMAGE_SUFFIXES
+from sparseg.data.splits import image_files
 from sparseg.eval.inference import predict_probs
 from sparseg.eval.visualize import overlay, save_mask_png
 
@@ -44,14 +44,14 @@ class Prediction:
     overlay: Path | None
 
 
-def find_images(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
+def input_images(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
     """``(image, name under the output folder)`` for every input: a file as its own name, a folder's images
-    (recursive, sorted) as their path inside it. A file reached twice is listed once."""
+    (``image_files``: recursive, sorted, hidden ones left out) as their path inside it. A file reached twice is
+    listed once."""
     found: dict[Path, tuple[Path, Path]] = {}
     for item in map(Path, inputs):
         if item.is_dir():
-            images = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            pairs = [(p, p.relative_to(item)) for p in images]
+            pairs = [(p, p.relative_to(item)) for p in image_files(item)]
         elif item.is_file():
             pairs = [(item, Path(item.name))]
         else:
@@ -74,7 +74,7 @@ def plan_predictions(inputs: Sequence[str | Path], out: Path, overlays: bool, ov
                                "images (and be read as inputs next time); choose an output folder outside it")
     plan = [
         Prediction(image, out / f"{name}{MASK_SUFFIX}", out / f"{name}{OVERLAY_SUFFIX}" if overlays else None)
-        for image, name in find_images(inputs)
+        for image, name in input_images(inputs)
     ]
     inputs_resolved = {p.image.resolve() for p in plan}
     writer: dict[Path, Path] = {}  # resolved output -> the image whose prediction it is

@@ -30,6 +30,7 @@ from sparseg.methods.alignment import ClassMixAlignment, ClassShares, PseudoLabe
 from sparseg.methods.base import Method, MethodContext, Step, step_generator
 from sparseg.methods.losses import cross_entropy, upsample
 from sparseg.methods.supervised import SupervisedConfig, supervised_loss
+from sparseg.stats import entropy, quantile
 
 
 class SelfTrainConfig(SupervisedConfig):
@@ -84,22 +85,6 @@ def split_groups(
         )
         for g in range(count)
     ]
-
-
-def quantile(values: Tensor, q: float) -> Tensor:
-    """Linear-interpolation quantile of a 1-D tensor, as ``torch.quantile`` without its 2^24 limit (§6.11)."""
-    n = values.numel()
-    position = q * (n - 1)
-    low = int(position)
-    high = min(low + 1, n - 1)
-    v_low = values.kthvalue(low + 1).values
-    v_high = values.kthvalue(high + 1).values if high != low else v_low
-    return v_low + (position - low) * (v_high - v_low)
-
-
-def entropy(probs: Tensor) -> Tensor:
-    """ε = −Σ_c p_c log(p_c + 1e−10) over dim 1."""
-    return -(probs * torch.log(probs + 1e-10)).sum(1)
 
 
 def filter_pseudo_labels(probs: Tensor, valid: Tensor, drop_percent: float) -> Tensor:

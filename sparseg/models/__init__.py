@@ -6,12 +6,12 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from sparseg.config import ModelConfig
 from sparseg.models.deeplabv3plus import DeepLabV3Plus, SegmentationModel
-from sparseg.models.dpt import DPT, dinov2_encoder
-from sparseg.models.dpt import PRESETS as DINOV2_PRESETS
+from sparseg.models.dpt import DINOV2_PRESETS, DPT, dinov2_encoder
 from sparseg.models.resnet import ResNet
 from sparseg.models.weights import (
     LoadReport,
@@ -80,6 +80,19 @@ def _load_resnet_weights(encoder: ResNet, cfg: ModelConfig) -> None:
         )
 
 
+def probe_forward(model: nn.Module, size: int = 112) -> dict[str, torch.Tensor]:
+    """The outputs for one zero image of ``size`` x ``size`` (112: a multiple of 14 and 16) in eval mode and
+    without gradients, every module's mode restored afterwards: how a method reads the feature grid and sizes."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def list_models() -> list[str]:
     """Registered model names (values of ``model.name``)."""
     return MODELS.names()
@@ -127,4 +140,5 @@ __all__ = [
     "create_model",
     "list_models",
     "load_encoder_weights",
+    "probe_forward",
 ]

@@ -38,7 +38,7 @@ class Dinov2Preset:
     out_channels: tuple[int, int, int, int]  # reassembled widths, shallow to deep
 
 
-PRESETS: dict[str, Dinov2Preset] = {
+DINOV2_PRESETS: dict[str, Dinov2Preset] = {
     "dinov2_small": Dinov2Preset("facebook/dinov2-small", 384, 12, 6, (2, 5, 8, 11), 64, (48, 96, 192, 384)),
     "dinov2_base": Dinov2Preset("facebook/dinov2-base", 768, 12, 12, (2, 5, 8, 11), 128, (96, 192, 384, 768)),
     "dinov2_large": Dinov2Preset(
@@ -54,7 +54,7 @@ def dinov2_encoder(encoder: str, pretrained: str | None = None) -> nn.Module:
         from transformers import Dinov2Config, Dinov2Model
     except ImportError:
         raise ImportError("model.name=dpt needs transformers: pip install 'sparseg[hf]'") from None
-    preset = PRESETS[encoder]
+    preset = DINOV2_PRESETS[encoder]
     if pretrained:
         model = Dinov2Model.from_pretrained(pretrained)
         if model.config.hidden_size != preset.hidden_size:

@@ -17,26 +17,23 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import Tensor, nn
 
 from sparseg.config import ConfigError, _format_errors
-from sparseg.data.depth import PERCENTILES
+from sparseg.data.depth import robust_normalise
+from sparseg.methods.base import Step, step_generator
 from sparseg.plugins.views import StrongView
-
-if TYPE_CHECKING:
-    from sparseg.methods.base import Step
+from sparseg.stats import entropy
 
 PROVISIONAL_UNIT = 7.0  # depmatch.md §3: typical raw DA-V2-S range (one unverified report)
 DISTANCE_EPS = 1e-12  # §7.6: ΔF = sqrt(max(‖f_i − f_j‖², ε))
 ENTROPY_EPS = 1e-10  # §4.2
 RELEASED_FLOOR = 1e-6  # §5.2: the release's clamp of every ULDR pair weight
-_TERMS = {"cddp": 0, "uldr": 1}
 
 
 class _Section(BaseModel):
@@ -81,7 +78,7 @@ class ULDRConfig(_Section):
         return self
 
 
-PRESETS: dict[str, dict[str, Any]] = {
+DEPMATCH_PRESETS: dict[str, dict[str, Any]] = {
     "default": {},  # released loss semantics, plumbing fixed, bounded pair sampling
     "reference": {  # released semantics, dense (depmatch.md §4.2, §5.2)
         "norm": "raw",
@@ -116,10 +113,10 @@ class DepMatchConfig(_Section):
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
         """Fill the keys the user did not set from the preset."""
-        if not isinstance(data, dict) or data.get("preset", "default") not in PRESETS:
+        if not isinstance(data, dict) or data.get("preset", "default") not in DEPMATCH_PRESETS:
             return data
         merged = dict(data)
-        for key, value in PRESETS[data.get("preset", "default")].items():
+        for key, value in DEPMATCH_PRESETS[data.get("preset", "default")].items():
             if isinstance(value, dict):
                 section = merged.get(key) or {}
                 if isinstance(section, BaseModel):
@@ -219,14 +216,6 @@ def _pair_sum(pairs: Tensor, n_all: int) -> Tensor:
     return off * scale + diagonal * (n_all / n)
 
 
-def _robust_normalise(depth: Tensor, valid: Tensor) -> Tensor:
-    """d̃ = clip((d − q_lo)/(q_hi − q_lo), 0, 1) with the 1st/99th percentiles of the valid pixels (all if none),
-    as ``sparseg.data.depth.robust_normalise`` does for a whole image."""
-    values = depth[valid] if bool(valid.any()) else depth.flatten()
-    low, high = torch.quantile(values, torch.tensor(PERCENTILES, device=values.device) / 100)
-    return ((depth - low) / (high - low).clamp_min(1e-12)).clamp(0, 1)
-
-
 def _attached_zero(views: list[StrongView]) -> Tensor:
     """0 · (sum of the student outputs): a 0-dim zero in the graph, finite even if an input is not (§7.8)."""
     total = sum(torch.nan_to_num(t.float().sum()) for v in views for t in (v.logits, v.feature))
@@ -264,7 +253,7 @@ class DepMatch(nn.Module):
     def __init__(self, cfg: DepMatchConfig | dict[str, Any], num_classes: int, seed: int = 0,
                  estimator: Callable[[Tensor], Tensor] | None = None) -> None:
         """``estimator`` (online only): crops [N,3,H,W] in [0, 1] → disparity [N,H,W]; default: ``cfg.estimator``
-        loaded by ``sparseg.depth.OnlineDepth``."""
+        loaded by ``sparseg.depth_estimation.OnlineDepth``."""
         super().__init__()
         if not isinstance(cfg, DepMatchConfig):
             try:
@@ -279,7 +268,7 @@ class DepMatch(nn.Module):
             if cfg.estimator is None:
                 raise ConfigError("method.depmatch.estimator: depth_source online needs a transformers depth model "
                                   "(a local folder or hub id)")
-            from sparseg.depth import OnlineDepth  # transformers is needed only on this path
+            from sparseg.depth_estimation import OnlineDepth  # transformers is needed only on this path
 
             estimator = OnlineDepth(cfg.estimator, cfg.estimator_kind, cfg.estimator_precision)
         # a plain attribute, never a submodule: no optimiser, EMA, DDP, SyncBN or checkpoint sees the estimator
@@ -297,9 +286,7 @@ class DepMatch(nn.Module):
 
     def generator(self, step: Step, view: int, term: str) -> torch.Generator:
         """The CPU generator of one term's draws (pixel samples, class order) for (seed, iteration, view)."""
-        entropy = [self.seed % 2**63, step.iteration, view, _TERMS[term]]
-        seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]) % 2**63
-        return torch.Generator().manual_seed(seed)
+        return step_generator(self.seed, step.iteration, f"depmatch.{term}", view)
 
     def online_depth(self, views: list[StrongView]) -> list[Tensor]:
         """Each view's depth from the estimator on its composited weak crop, in one batched call (§3).
@@ -322,7 +309,7 @@ class DepMatch(nn.Module):
                 positions.append(slots[key])
         depth = self.estimator(torch.stack(crops).detach()).float()
         if self.cfg.norm == "robust":
-            depth = torch.stack([_robust_normalise(d, m) for d, m in zip(depth, masks)])
+            depth = torch.stack([robust_normalise(d, m)[0] for d, m in zip(depth, masks)])
         per_view = torch.as_tensor(positions, device=depth.device).view(len(views), -1)
         return [depth[index] for index in per_view]
 
@@ -379,7 +366,7 @@ class DepMatch(nn.Module):
         if c.feat_norm == "l2":
             features = F.normalize(features, dim=1)
         probs = to_grid(view.teacher_probs.detach(), c.grid_stride, "continuous", grid.size, release)
-        entropy = -(probs * torch.log(probs + ENTROPY_EPS)).sum(1).flatten(1)
+        uncertainty = entropy(probs, ENTROPY_EPS).flatten(1)
         depth = to_grid(depth[:, None], c.grid_stride, "continuous", grid.size, release).flatten(1)
         classes = grid.classes(release, self.num_classes).tolist()
         if not classes:
@@ -401,7 +388,7 @@ class DepMatch(nn.Module):
                 target = torch.exp(-delta.square() / (2 * c.sigma**2))
                 if c.intra_target == "distance":
                     target = 1 - target
-                weight = (entropy[b, chosen][:, None] - entropy[b, chosen][None, :]).abs()
+                weight = (uncertainty[b, chosen][:, None] - uncertainty[b, chosen][None, :]).abs()
                 pairs = weight * (pairwise_distance(f, f) - target).square()
                 if not self.cfg.cross_source_pairs:
                     pairs = pairs * self._same_source(grid, b, chosen, chosen)

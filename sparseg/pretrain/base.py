@@ -11,6 +11,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from sparseg.methods.base import Method, MethodConfig, MethodContext
+from sparseg.models import probe_forward
 
 PROBE_SIZE = 112  # a multiple of 14 and 16: the input used once to find the model's feature grid
 
@@ -63,10 +64,7 @@ class PretrainingMethod(Method):
 
     def __init__(self, model: nn.Module, cfg: PretrainingConfig, context: MethodContext) -> None:
         super().__init__(model, cfg, context)
-        was_training = model.training
-        with torch.no_grad():
-            fts = model.eval()(torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE))["fts"]
-        model.train(was_training)
+        fts = probe_forward(model, PROBE_SIZE)["fts"]
         self.stride = max(1, round(PROBE_SIZE / fts.shape[-1]))
         self.fts_channels = fts.shape[1]
         self.spread = float("nan")

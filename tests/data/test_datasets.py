@@ -172,6 +172,15 @@ def test_item_contract_and_seeded_augmentation(tmp_path: Path):
     assert set(unlabeled) == {"image", "valid", "index"} and unlabeled["valid"].all()
 
 
+def test_iterating_a_dataset_stops_after_its_last_entry(tmp_path: Path):
+    entries = [entry(tmp_path / str(i), rgb(i), labels(0, 1, 2)) for i in range(3)]
+    ds = SegmentationDataset(entries, folder_spec(), EvalTransform(), labeled=True)
+    assert [int(item["index"]) for item in ds] == [0, 1, 2]
+    assert int(ds[-1]["index"]) == 2
+    with pytest.raises(IndexError):
+        ds[3]
+
+
 def test_spec_overrides_and_config_errors():
     cs = create_dataset_spec(DataConfig(dataset="cityscapes", palette=[(1, 2, 3)] * 19))
     assert cs.palette[0] == (1, 2, 3) and cs.class_names[0] == "road"

@@ -10,7 +10,14 @@ from PIL import Image
 
 from sparseg.config import DataConfig
 from sparseg.data import DataError, EvalTransform, TrainTransform, build_dataset, cutmix, make_synthetic_dataset
-from sparseg.data.depth import FORMAT_VERSION, load_depth_file, robust_normalise, save_depth, to_disparity
+from sparseg.data.depth import (
+    FORMAT_VERSION,
+    load_depth_file,
+    robust_normalise,
+    robust_normalise_array,
+    save_depth,
+    to_disparity,
+)
 
 H, W = 20, 30
 
@@ -116,10 +123,18 @@ def test_storage_round_trip_and_raw_units(tmp_path, fmt):
 
 def test_robust_normalisation_removes_the_estimator_scale():
     d = np.random.default_rng(0).gamma(2.0, 1.5, (40, 50))
-    base, q_lo, q_hi = robust_normalise(d)
-    assert (q_lo, q_hi) == tuple(np.percentile(d, [1, 99])) and base.min() == 0 and base.max() == 1
-    np.testing.assert_allclose(robust_normalise(10 * d + 3)[0], base, atol=1e-6)
-    np.testing.assert_allclose(robust_normalise(-0.1 * d + 3)[0], 1 - base, atol=1e-6)  # |Δd̃| unchanged
+    base, q_lo, q_hi = robust_normalise_array(d)
+    np.testing.assert_allclose((q_lo, q_hi), np.percentile(d, [1, 99]), rtol=1e-12)
+    assert base.min() == 0 and base.max() == 1
+    np.testing.assert_allclose(robust_normalise_array(10 * d + 3)[0], base, atol=1e-6)
+    np.testing.assert_allclose(robust_normalise_array(-0.1 * d + 3)[0], 1 - base, atol=1e-6)  # |Δd̃| unchanged
+    # only the valid pixels set the range: a far outlier outside them changes nothing inside
+    valid = torch.ones(d.shape, dtype=torch.bool)
+    valid[0, 0] = False
+    spiked = torch.from_numpy(d).clone()
+    spiked[0, 0] = 1e6
+    inside = robust_normalise(spiked, valid)[0][valid]
+    np.testing.assert_allclose(inside, robust_normalise(torch.from_numpy(d), valid)[0][valid], atol=1e-12)
     near, far = np.array([[0.5]]), np.array([[20.0]])
     assert to_disparity(near, "depth") > to_disparity(far, "depth")  # --kind depth reverses the order
     assert to_disparity(near, "disparity") < to_disparity(far, "disparity")

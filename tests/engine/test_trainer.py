@@ -124,3 +124,11 @@ def test_ctrl_c_writes_curves_and_says_interrupted_in_train_log(tiny_config, mon
     assert (run / "train.log").read_text().splitlines()[-1].endswith(
         f"interrupted at iteration 3; --resume continues from {run / 'last.pt'}")
     assert (run / "curves.png").stat().st_size > 0 and not (run / "train.lock").exists()
+
+
+def test_a_finished_run_stops_its_persistent_loader_workers(tiny_config):
+    cfg = tiny_config(iters=2, eval_every=0)
+    cfg.data.workers = 1
+    run = Trainer(cfg, quiet=True)
+    run.fit()
+    assert all(stream.loader._iterator is None for stream in run.streams)

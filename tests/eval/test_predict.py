@@ -20,7 +20,7 @@ def masks(plan, out):
 
 def test_outputs_keep_extensions_and_mirror_the_tree(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
-    for name in ("x.jpg", "x.png", "a.jpg", "sub/a.jpg"):
+    for name in ("x.jpg", "x.png", "a.jpg", "sub/a.jpg", ".cache/b.jpg", ".c.png"):  # hidden ones left out
         image(src / name)
     (src / "notes.txt").write_text("not an image")
     single = image(tmp_path / "single.webp")

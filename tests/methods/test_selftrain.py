@@ -8,15 +8,14 @@ from sparseg.labels import IGNORE
 from sparseg.methods import create_method, method_class
 from sparseg.methods.base import MethodContext, Step
 from sparseg.methods.selftrain import (
-    entropy,
     filter_pseudo_labels,
     pseudo_label_and_mix,
-    quantile,
     resize_nearest,
     split_groups,
     unsup_loss,
 )
 from sparseg.models import create_model
+from sparseg.stats import entropy, quantile
 
 K = 3
 

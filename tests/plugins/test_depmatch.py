@@ -121,7 +121,7 @@ def test_losses_invariant_to_global_depth_rescale_under_robust(a):
         return {k: v.item() for k, v in plugin(**{**switches, **cfg})([view], STEP).items()}
 
     def normalised(d):
-        return torch.stack([torch.from_numpy(robust_normalise(x.numpy())[0]) for x in d])
+        return torch.stack([robust_normalise(x)[0] for x in d])
 
     base = losses(normalised(raw))
     rescaled = losses(normalised(a * raw + 3.0))
@@ -398,7 +398,7 @@ def test_online_depth_is_the_estimate_of_each_composited_weak_crop(norm):
     for view in views:
         disparity = 3 * view.weak_image.mean(1)
         if norm == "robust":
-            disparity = torch.stack([torch.from_numpy(robust_normalise(d.numpy())[0]) for d in disparity])
+            disparity = torch.stack([robust_normalise(d)[0] for d in disparity])
         view.depth = disparity
     precomputed = DepMatch(options, 3, seed=0)(views, STEP)
     for term in ("cddp", "uldr"):
@@ -423,7 +423,7 @@ def test_online_estimator_runs_a_transformers_depth_model(tiny_estimator):
     """OnlineDepth: crop → nearest multiple of the patch (30 → 28), processor mean/std, model, back to the crop."""
     import transformers
 
-    from sparseg.depth import OnlineDepth
+    from sparseg.depth_estimation import OnlineDepth
 
     crops = torch.rand(2, 3, 30, 30, generator=torch.Generator().manual_seed(0))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the trainer's autocast does not reach the estimator

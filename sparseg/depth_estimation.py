@@ -30,7 +30,7 @@ from sparseg.data.depth import (
     MANIFEST_NAME,
     PERCENTILES,
     read_manifest,
-    robust_normalise,
+    robust_normalise_array,
     save_depth,
     to_disparity,
 )
@@ -154,7 +154,7 @@ def compute_depth(
                 image = file.convert("RGB")
         except OSError as err:
             raise DataError(f"{entry.image}: unreadable image: {err}") from None
-        normalised, q_lo, q_hi = robust_normalise(predict_disparity(processor, estimator, image, input_size, kind))
+        normalised, q_lo, q_hi = robust_normalise_array(predict_disparity(processor, estimator, image, input_size, kind))
         ranges[entry.id] = q_hi - q_lo
         if not calibrate:
             save_depth(out / f"{entry.id}{DEPTH_SUFFIXES[fmt]}", normalised, fmt)
