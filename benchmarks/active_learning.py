@@ -45,7 +45,7 @@ def rank(checkpoint: Path, candidates: list[str], root: Path, dataset: str, coun
 
     from sparseg.annotate import ImageEntry
     from sparseg.annotate.assist import ModelAssist, Ranker
-    from sparseg.cli import load_trained
+    from sparseg.build import load_trained
     from sparseg.config import DataConfig
     from sparseg.data import create_dataset_spec, read_split
 

@@ -18,7 +18,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from sparseg.cli import load_trained
+from sparseg.build import load_trained
 from sparseg.data import EvalTransform, build_dataset
 from sparseg.labels import UNLABELED
 from sparseg.methods.agmm import gaussian_maps

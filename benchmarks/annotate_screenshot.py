@@ -44,7 +44,7 @@ def main() -> None:
     from sparseg.annotate import LabelStore, dataset_classes, find_images
     from sparseg.annotate.assist import ModelAssist, Ranker
     from sparseg.annotate.server import create_app
-    from sparseg.cli import load_trained
+    from sparseg.build import load_trained
 
     harness = _harness()
     cfg, state, model, _ = load_trained(args.checkpoint, [], None)

@@ -16,7 +16,7 @@ import argparse
 
 import torch
 
-from sparseg.cli import load_trained
+from sparseg.build import load_trained
 from sparseg.data import EvalTransform, build_dataset, create_dataset_spec
 from sparseg.eval import evaluate
 

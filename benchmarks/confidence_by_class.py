@@ -14,7 +14,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from sparseg.cli import load_trained
+from sparseg.build import load_trained
 from sparseg.data import EvalTransform, build_dataset, create_dataset_spec
 
 

@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from sparseg.config import load_config
+from sparseg.build import load_config
 from sparseg.data import EvalTransform, build_dataset, create_dataset_spec
 from sparseg.eval.probe import linear_probe
 from sparseg.models import create_model

@@ -29,7 +29,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from sparseg.config import ConfigError, load_config
+from sparseg.build import load_config
+from sparseg.config import ConfigError
 from sparseg.data import create_dataset_spec, make_synthetic_dataset, write_splits
 from sparseg.engine.trainer import Trainer
 from sparseg.methods import method_class

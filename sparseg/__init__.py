@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Config": "sparseg.config",
     "ConfigError": "sparseg.config",
-    "load_config": "sparseg.config",
+    "load_config": "sparseg.build",
     "build_dataset": "sparseg.data",
     "create_dataset_spec": "sparseg.data",
     "create_method": "sparseg.methods",
@@ -42,7 +42,8 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from sparseg.config import Config, ConfigError, load_config
+    from sparseg.build import load_config
+    from sparseg.config import Config, ConfigError
     from sparseg.data import build_dataset, create_dataset_spec
     from sparseg.methods import create_method, list_methods
     from sparseg.models import create_model, list_models

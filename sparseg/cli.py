@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args, pretraining: bool = False) -> int:
-    from sparseg.config import ConfigError, load_config
+    from sparseg.build import load_config
+    from sparseg.config import ConfigError
     from sparseg.engine.trainer import train
     from sparseg.methods import list_methods, method_class
 
@@ -201,31 +202,6 @@ def cmd_pretrain(args) -> int:
     return cmd_train(args, pretraining=True)
 
 
-def load_trained(checkpoint: str, overrides: list[str], model_name: str | None):
-    """Rebuild the config, method and chosen model stored in a checkpoint."""
-    import copy
-
-    from sparseg.config import apply_overrides, config_from_dict, override_keys, override_origin
-    from sparseg.engine.checkpoint import CheckpointError, load_checkpoint, load_module_state
-    from sparseg.engine.trainer import build_method
-
-    state = load_checkpoint(checkpoint)
-    trained = config_from_dict(state["config"])
-    cfg = config_from_dict(apply_overrides(copy.deepcopy(state["config"]), overrides), override_origin(overrides))
-    if cfg.model != trained.model:
-        key = next((k for k in override_keys(overrides) if k.startswith("model")), "model.*")
-        raise CheckpointError(f"--set {key}: model.* keys come from the checkpoint and cannot be overridden "
-                              f"({checkpoint} holds a {trained.model.name} with encoder {trained.model.encoder})")
-    cfg.model.pretrained = None  # the checkpoint holds the weights
-    method = build_method(cfg, state["num_classes"])
-    load_module_state(method, state["method"], checkpoint)
-    models = method.eval_models()
-    name = model_name or next(iter(models))
-    if name not in models:
-        raise CheckpointError(f"--model {name}: this checkpoint has {', '.join(models)}")
-    return cfg, state, models[name].eval(), name
-
-
 def _device(cfg):
     from sparseg.engine.distributed import DistInfo, resolve_device
 
@@ -233,6 +209,7 @@ def _device(cfg):
 
 
 def cmd_eval(args) -> int:
+    from sparseg.build import load_trained
     from sparseg.data import EvalTransform, build_dataset, create_dataset_spec
     from sparseg.engine.checkpoint import CheckpointError
     from sparseg.eval import evaluate, format_table
@@ -287,6 +264,7 @@ def _image_paths(inputs: list[str]) -> list[Path]:
 
 
 def cmd_predict(args) -> int:
+    from sparseg.build import load_trained
     from sparseg.eval.predict import plan_predictions, write_predictions
 
     plan = plan_predictions(args.inputs, Path(args.out), args.overlay, args.overwrite)  # before any work
@@ -312,6 +290,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_analyze(args) -> int:
+    from sparseg.build import load_trained
     from sparseg.data import EvalTransform, build_dataset
     from sparseg.engine.checkpoint import CheckpointError
     from sparseg.eval.analyze import analyze_features
@@ -418,7 +397,7 @@ def cmd_inspect_labels(args) -> int:
 def cmd_annotate(args) -> int:
     from sparseg.annotate import run_annotate
 
-    return run_annotate(args, load_trained)
+    return run_annotate(args)
 
 
 COMMANDS = {

@@ -1,8 +1,8 @@
 """Run configuration: YAML files validated with pydantic.
 
-Every section forbids unknown keys, so a typo is an error naming the key. The ``method``
-section is validated in two steps: ``method.name`` picks the method, whose own ``Config``
-class then validates the remaining keys (see ``sparseg.methods``).
+Every section forbids unknown keys, so a typo is an error naming the key. This module knows no method: the
+``method`` section is a mapping with a ``name`` here; the caller that knows the methods (``sparseg.build``)
+passes ``method_config`` (validates the section) and ``method_schema`` (types ``--set method.*`` values).
 """
 
 from __future__ import annotations
@@ -201,19 +201,21 @@ class Config(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(iters=1000))
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    method: dict[str, Any] = Field(default_factory=lambda: {"name": "supervised"})
+    method: dict[str, Any] = Field(default_factory=lambda: {"name": "supervised"})  # name + the method's keys
 
-    def method_config(self, origin: Callable[[str], str] | None = None):
-        """The method section validated by the method's own schema (``origin``: see ``config_from_dict``)."""
-        from sparseg.methods import method_class
+    @field_validator("method")
+    @classmethod
+    def _method_named(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(v.get("name"), str):
+            raise ValueError("needs a name, e.g. method: {name: supervised} (README, Methods)")
+        return v
 
-        options = dict(self.method)
-        name = options.pop("name", "supervised")
-        cls = method_class(name)
-        try:
-            return cls.Config(**options)
-        except ValidationError as err:
-            raise ConfigError(_format_errors(err, prefix="method", schema=cls.Config, origin=origin)) from None
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    """The section class of a field typed ``Section`` or ``Section | None``, else None."""
+    options = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    sections = [o for o in options if isinstance(o, type) and issubclass(o, BaseModel)]
+    return sections[0] if len(sections) == 1 else None
 
 
 def schema_keys(schema: type[BaseModel], prefix: str = "") -> list[str]:
@@ -222,12 +224,13 @@ def schema_keys(schema: type[BaseModel], prefix: str = "") -> list[str]:
     for name, field in schema.model_fields.items():
         key = f"{prefix}.{name}" if prefix else name
         keys.append(key)
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            keys += schema_keys(field.annotation, key)
+        section = _section_type(field.annotation)
+        if section is not None:
+            keys += schema_keys(section, key)
     return keys
 
 
-def _format_errors(
+def format_errors(
     err: ValidationError, prefix: str = "", schema: type[BaseModel] | None = None,
     origin: Callable[[str], str] | None = None,
 ) -> str:
@@ -256,25 +259,25 @@ def _format_errors(
 _NULL_WORDS = {"null", "Null", "NULL", "~"}
 
 
-def _field_annotation(parts: list[str], method_name: str) -> Any:
+MethodSchema = Callable[[str], "type[BaseModel] | None"]  # method name -> its Config (None: unknown)
+MethodValidator = Callable[[dict[str, Any], "Callable[[str], str] | None"], BaseModel]  # (section, origin)
+
+
+def _field_annotation(parts: list[str], method_name: str, method_schema: MethodSchema | None) -> Any:
     """The type annotation of a dotted key in the schema (``method.*``: the named method's), None if unknown."""
     schema: type[BaseModel] | None = Config
     if parts[0] == "method" and len(parts) > 1:
         if parts[1:] == ["name"]:
             return str
-        from sparseg.methods import METHODS, method_class
-
-        method_class("supervised")  # registers every method
-        if method_name not in METHODS:
-            return None
-        schema, parts = method_class(method_name).Config, parts[1:]
+        schema = method_schema(method_name) if method_schema else None
+        parts = parts[1:]
     annotation = None
     for part in parts:
         field = schema.model_fields.get(part) if schema is not None else None
         if field is None:
             return None
         annotation = field.annotation
-        schema = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        schema = _section_type(annotation)
     return annotation
 
 
@@ -325,9 +328,13 @@ def override_keys(overrides: list[str]) -> list[str]:
     return [item.split("=", 1)[0].strip() for item in overrides]
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` strings (``--set``) to a nested dict, each value converted for its field's type."""
+def apply_overrides(raw: dict[str, Any], overrides: list[str], method_schema: MethodSchema | None = None
+                    ) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings (``--set``) to a nested dict, each value converted for its field's type
+    (``method.*`` keys typed by ``method_schema``, else parsed as YAML)."""
     method_name = _override_method(raw, overrides)
+    if "method" not in raw and any(k.startswith("method.") for k in override_keys(overrides)):
+        raw["method"] = {"name": method_name}  # the default method's section, as without overrides
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set '{item}' is not of the form key=value")
@@ -339,17 +346,20 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {key}: '{part}' is not a section")
             node = child
-        node[parts[-1]] = _parse_value(key.strip(), value, _field_annotation(parts, method_name))
+        node[parts[-1]] = _parse_value(key.strip(), value, _field_annotation(parts, method_name, method_schema))
     return raw
 
 
-def config_from_dict(raw: dict[str, Any], origin: Callable[[str], str] | None = None) -> Config:
-    """Validate a nested dict; ``origin(key)`` names where a bad key was set (a file, ``--set``)."""
+def config_from_dict(raw: dict[str, Any], origin: Callable[[str], str] | None = None,
+                     method_config: MethodValidator | None = None) -> Config:
+    """Validate a nested dict; ``origin(key)`` names where a bad key was set (a file, ``--set``);
+    ``method_config(section, origin)`` validates the method section too (before any data is read)."""
     try:
         cfg = Config(**raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, schema=Config, origin=origin)) from None
-    cfg.method_config(origin)  # validate the method section now, not at training time
+        raise ConfigError(format_errors(err, schema=Config, origin=origin)) from None
+    if method_config is not None:
+        method_config(cfg.method, origin)
     return cfg
 
 
@@ -364,9 +374,11 @@ def override_origin(overrides: list[str], otherwise: str = "") -> Callable[[str]
     return origin
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides.
-    Without an ``out`` in the file or the overrides, a file's runs go to ``runs/<file stem>``."""
+def load_config(path: str | Path | None, overrides: list[str] | None = None,
+                method_config: MethodValidator | None = None, method_schema: MethodSchema | None = None) -> Config:
+    """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides (see
+    ``config_from_dict`` and ``apply_overrides`` for the method arguments; ``sparseg.build.load_config`` passes
+    them). Without an ``out`` in the file or the overrides, a file's runs go to ``runs/<file stem>``."""
     raw: dict[str, Any] = {}
     overrides = list(overrides or [])
     if path is not None:
@@ -383,10 +395,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}: the config file is empty (configs/folder/supervised.yaml is a starting point)")
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of config keys")
-    raw = apply_overrides(raw, overrides)
+    raw = apply_overrides(raw, overrides, method_schema)
     if path is not None and "out" not in raw:
         raw["out"] = f"runs/{path.stem}"
-    return config_from_dict(raw, override_origin(overrides, str(path) if path is not None else ""))
+    return config_from_dict(raw, override_origin(overrides, str(path) if path is not None else ""), method_config)
 
 
 def _yaml_position(path: Path, err: yaml.YAMLError) -> str:
@@ -422,10 +434,11 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def config_changes(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
-    """``key: (old value, new value)`` for every dotted key that differs (method keys with their defaults)."""
+def config_changes(old: Config, new: Config, method_config: MethodValidator) -> dict[str, tuple[Any, Any]]:
+    """``key: (old value, new value)`` for every dotted key that differs (method keys with their defaults, from
+    ``method_config``)."""
     def resolved(cfg: Config) -> dict[str, Any]:
-        method = {"name": cfg.method.get("name", "supervised"), **cfg.method_config().model_dump(mode="json")}
+        method = {"name": cfg.method["name"], **method_config(cfg.method, None).model_dump(mode="json")}
         return _flatten({**dump_config(cfg), "method": method})
 
     a, b = resolved(old), resolved(new)

@@ -2,7 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from sparseg.config import ConfigError, load_config
+from sparseg.build import load_config
+from sparseg.config import ConfigError
+from sparseg.methods import method_config
 
 
 def write(tmp_path, text):
@@ -86,9 +88,9 @@ def test_config_changes_name_every_changed_key():
     base = ["data.num_classes=2", "train.iters=10"]
     old = load_config(None, base)
     new = load_config(None, [*base, "train.eval_every=5", "data.mask_mapping={0: 0, 255: 1}", "method.aux_weight=0.2"])
-    assert config_changes(old, new) == {
+    assert config_changes(old, new, method_config) == {
         "data.mask_mapping": (None, {"0": 0, "255": 1}), "method.aux_weight": (0.4, 0.2), "train.eval_every": (0, 5)}
-    assert config_changes(old, load_config(None, [*base, "method.aux_weight=0.4"])) == {}  # the default, spelled out
+    assert config_changes(old, load_config(None, [*base, "method.aux_weight=0.4"]), method_config) == {}  # the default, spelled out
 
 
 SHIPPED_CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*/*.yaml"))
@@ -198,3 +200,17 @@ def test_default_run_folder_follows_the_config_name(tmp_path):
 def test_consistency_ranges(override):
     with pytest.raises(ConfigError, match=f"'{override.split('=')[0]}'"):
         load_config(None, ["method.name=fixmatch", override])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("method: {}\n", "config key 'method': needs a name"),
+    ("method: {name: fixmatch, depmatch: {lamda_cdp: 0.1}}\n",
+     "unknown config key 'method.depmatch.lamda_cdp' (did you mean 'method.depmatch.lambda_cdp'?)"),
+])
+def test_method_and_plugin_sections_are_one_line_errors_before_any_data_is_read(tmp_path, capsys, text, message):
+    from sparseg.cli import main
+
+    path = write(tmp_path, "data: {root: /nonexistent, train_list: missing.txt}\n" + text)
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "missing.txt" not in err

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-from collections.abc import Callable
 from pathlib import Path
 
 from sparseg.annotate.store import (
@@ -35,9 +34,9 @@ __all__ = [
 ]
 
 
-def run_annotate(args, load_trained: Callable) -> int:
-    """The ``sparseg annotate`` command; ``load_trained`` is the CLI's checkpoint loader (config, state,
-    model, name), the one ``eval`` and ``predict`` use."""
+def run_annotate(args) -> int:
+    """The ``sparseg annotate`` command (a checkpoint is loaded by ``sparseg.build.load_trained``, as in ``eval``
+    and ``predict``)."""
     missing = [name for name in ("starlette", "uvicorn") if importlib.util.find_spec(name) is None]
     if missing:
         raise ConfigError(f"sparseg annotate needs {' and '.join(missing)}: pip install 'sparseg[annotate]'")
@@ -48,6 +47,7 @@ def run_annotate(args, load_trained: Callable) -> int:
     root, images = find_images(args.images, args.root, args.dataset)
     state, assist = None, None
     if args.checkpoint:
+        from sparseg.build import load_trained
         from sparseg.engine.checkpoint import CheckpointError
 
         cfg, state, model, _ = load_trained(args.checkpoint, [], args.model)

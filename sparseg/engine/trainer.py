@@ -40,9 +40,8 @@ from sparseg.engine.optim import build_optimizer, poly_factor, scaled_lr, set_lr
 from sparseg.engine.rundir import RunDirError, RunLock, check_run_dir, claim_run_dir, record_config_changes
 from sparseg.eval import EvalResult, evaluate
 from sparseg.eval.probe import linear_probe
-from sparseg.methods import create_method, method_class
-from sparseg.methods.base import Method, MethodContext, Step
-from sparseg.models import create_model
+from sparseg.methods import build_method, method_class, method_config
+from sparseg.methods.base import Method, Step
 from sparseg.models.weights import pretrained_file
 
 
@@ -89,16 +88,6 @@ class Stream:
     loader: DataLoader
 
 
-def build_method(cfg: Config, num_classes: int, dist_info: DistInfo | None = None,
-                 class_prior: torch.Tensor | None = None) -> Method:
-    """The model and method a config describes (no weights loaded besides ``model.pretrained``)."""
-    dist_info = dist_info or DistInfo()
-    model = create_model(cfg.model, num_classes)
-    context = MethodContext(num_classes=num_classes, seed=cfg.seed, world_size=dist_info.world_size,
-                            rank=dist_info.rank, class_prior=class_prior)
-    return create_method(cfg.method["name"], model, cfg.method_config(), context)
-
-
 def label_class_counts(dataset: SegmentationDataset, num_classes: int, dist_info: DistInfo) -> torch.Tensor:
     """Pixels of each class over the masks of ``dataset`` (each process reads its share; summed over processes)."""
     counts = torch.zeros(num_classes, dtype=torch.float64)
@@ -138,7 +127,8 @@ class Trainer:
         self.val_dataset = (
             build_dataset(cfg.data, "val_list", labeled=True, transform=EvalTransform()) if cfg.data.val_list else None
         )
-        self.streams = self._build_streams(method_class(cfg.method["name"]))
+        method_cls = method_class(cfg.method["name"])
+        self.streams = self._build_streams(method_cls)
         main = self.streams[-1]  # the unlabeled stream sets the epoch length when present
         self.iters_per_epoch = len(main.loader)
         if self.iters_per_epoch == 0:
@@ -149,12 +139,11 @@ class Trainer:
         t = cfg.train
         self.total_iters = t.iters if t.iters is not None else t.epochs * self.iters_per_epoch
 
-        method_cls = method_class(cfg.method["name"])
         prior = None
-        if method_cls.wants_class_prior(cfg.method_config()):  # e.g. class-mix alignment of pseudo-labels
+        if method_cls.wants_class_prior(method_config(cfg.method)):  # e.g. class-mix alignment of pseudo-labels
             labeled = next(s.dataset for s in self.streams if s.name == "labeled")
             prior = label_class_counts(labeled, self.num_classes, self.dist)
-        self.method = build_method(cfg, self.num_classes, self.dist, prior).to(self.device)
+        self.method = build_method(cfg, self.num_classes, self.dist.world_size, self.dist.rank, prior).to(self.device)
         if cfg.train.channels_last:
             self.method.to(memory_format=torch.channels_last)
         if cfg.train.compile:
@@ -485,7 +474,7 @@ class Trainer:
             raise CheckpointError(
                 f"{path} was written for {state['total_iters']} iterations but this run has {self.total_iters}"
             )
-        self.config_changes = config_changes(config_from_dict(saved), self.cfg)
+        self.config_changes = config_changes(config_from_dict(saved), self.cfg, method_config)
         refused = {k: v for k, v in self.config_changes.items() if k not in RESUME_FREE_KEYS}
         if refused and not self.allow_config_change:
             raise ConfigError(

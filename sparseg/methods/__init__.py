@@ -1,37 +1,69 @@
-"""Training methods: one file per method, each registered by name."""
+"""Training methods: one file per method, each registered by name, all listed in ``METHOD_MODULES``."""
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
+from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
+from sparseg.config import Config, ConfigError, format_errors
 from sparseg.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+    from sparseg.methods.base import Method, MethodConfig
 
 METHODS: Registry = Registry("method")
 register_method = METHODS.register
 
-_SHARED_MODULES = {"base", "losses"}  # helpers, not methods
-# packages whose every module registers methods too: self-supervised pretraining (docs/methods/pretrain.md)
-_METHOD_PACKAGES = (__name__, "sparseg.pretrain")
+# every module that registers a method; a new method is one new file and one line here. Imported on the first
+# lookup, not with this package: plug-ins import `methods.base`, and the consistency methods import plug-ins.
+METHOD_MODULES = (
+    "sparseg.methods.supervised",
+    "sparseg.methods.partial_ce",
+    "sparseg.methods.agmm",
+    "sparseg.methods.selftrain",
+    "sparseg.methods.dgcl",
+    "sparseg.methods.fixmatch",
+    "sparseg.methods.unimatch",
+    "sparseg.methods.unimatch_v2",
+    "sparseg.pretrain.ddep",  # self-supervised pretraining (docs/methods/pretrain.md)
+    "sparseg.pretrain.mim",
+)
 
 
-def _import_all() -> None:
-    """Import every method file, so a new method is one new file in one of ``_METHOD_PACKAGES``."""
-    for package in _METHOD_PACKAGES:
-        path = importlib.import_module(package).__path__
-        for info in pkgutil.iter_modules(path):
-            if info.name not in _SHARED_MODULES and not info.name.startswith("_"):
-                importlib.import_module(f"{package}.{info.name}")
+def _import_methods() -> None:
+    for module in METHOD_MODULES:
+        importlib.import_module(module)
 
 
-def method_class(name: str):
-    _import_all()
+def method_class(name: str) -> type[Method]:
+    _import_methods()
     return METHODS.get(name)
 
 
 def list_methods() -> list[str]:
-    _import_all()
+    _import_methods()
     return METHODS.names()
+
+
+def method_config(section: dict[str, Any], origin=None) -> MethodConfig:
+    """The ``method`` section (``name`` and the method's keys) validated by the method's own ``Config``;
+    ``origin(key)`` names where a bad key was set (see ``sparseg.config.config_from_dict``)."""
+    options = dict(section)
+    cls = method_class(options.pop("name"))
+    try:
+        return cls.Config(**options)
+    except ValidationError as err:
+        raise ConfigError(format_errors(err, prefix="method", schema=cls.Config, origin=origin)) from None
+
+
+def method_schema(name: str):
+    """The ``Config`` class of method ``name``, None for an unknown name (for typing ``--set method.*``)."""
+    _import_methods()
+    return METHODS.get(name).Config if name in METHODS else None
 
 
 def create_method(name: str, model, cfg, context):
@@ -39,4 +71,17 @@ def create_method(name: str, model, cfg, context):
     return method_class(name)(model, cfg, context)
 
 
-__all__ = ["METHODS", "create_method", "list_methods", "method_class", "register_method"]
+def build_method(cfg: Config, num_classes: int, world_size: int = 1, rank: int = 0,
+                 class_prior: torch.Tensor | None = None) -> Method:
+    """The model and method a config describes (no weights loaded besides ``model.pretrained``)."""
+    from sparseg.methods.base import MethodContext
+    from sparseg.models import create_model
+
+    model = create_model(cfg.model, num_classes)
+    context = MethodContext(num_classes=num_classes, seed=cfg.seed, world_size=world_size, rank=rank,
+                            class_prior=class_prior)
+    return create_method(cfg.method["name"], model, method_config(cfg.method), context)
+
+
+__all__ = ["METHODS", "METHOD_MODULES", "build_method", "create_method", "list_methods", "method_class",
+           "method_config", "method_schema", "register_method"]

@@ -24,12 +24,13 @@ from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor
 
 from sparseg.data.transforms import cutmix, random_area_boxes, strong_photometric
-from sparseg.engine.ema import create_teacher, ema_decay, ema_update, ema_update_buffers
 from sparseg.labels import IGNORE
 from sparseg.methods.alignment import ClassMixAlignment, ClassShares, PseudoLabelConfig
 from sparseg.methods.base import Method, MethodConfig, MethodContext, Step, step_generator
 from sparseg.methods.losses import upsample
 from sparseg.methods.supervised import SupervisedConfig, supervised_loss
+from sparseg.methods.teacher import create_teacher, ema_decay, ema_update, ema_update_buffers
+from sparseg.plugins.depmatch import DepMatch, DepMatchConfig
 from sparseg.plugins.views import StrongView
 
 
@@ -57,7 +58,7 @@ class ConsistencyConfig(MethodConfig):
     labeled_loss: Literal["ce", "ohem"] = "ce"
     ohem_thresh: float = Field(0.7, gt=0, le=1)
     ohem_min_kept: int = Field(200_000, ge=0)  # per process batch (the reference: per GPU)
-    depmatch: dict[str, Any] | None = None  # DepMatch plug-in options (sparseg.plugins.depmatch)
+    depmatch: DepMatchConfig | None = None  # DepMatch plug-in options (sparseg.plugins.depmatch)
     pseudo_label: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)  # class-mix alignment
 
     @field_validator("blur_sigma", "cutmix_area", "cutmix_ratio")
@@ -141,8 +142,6 @@ class ConsistencyMethod(Method):
         )
         self.plugin = None
         if cfg.depmatch is not None:
-            from sparseg.plugins.depmatch import DepMatch  # optional plug-in, imported only when configured
-
             self.plugin = DepMatch(cfg.depmatch, self.num_classes, context.seed)
         self._logs: dict[str, Tensor | float] = {}
 

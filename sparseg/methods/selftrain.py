@@ -23,7 +23,7 @@ from pydantic import Field
 from torch import Tensor
 
 from sparseg.data.transforms import cutmix, half_area_boxes
-from sparseg.engine.ema import copy_parameters, create_teacher, ema_decay, ema_update
+from sparseg.methods.teacher import copy_parameters, create_teacher, ema_decay, ema_update
 from sparseg.labels import IGNORE
 from sparseg.methods import register_method
 from sparseg.methods.alignment import ClassMixAlignment, ClassShares, PseudoLabelConfig

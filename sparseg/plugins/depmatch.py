@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import Tensor, nn
 
-from sparseg.config import ConfigError, _format_errors
+from sparseg.config import ConfigError, format_errors
 from sparseg.data.depth import robust_normalise
 from sparseg.methods.base import Step, step_generator
 from sparseg.plugins.views import StrongView
@@ -259,7 +259,7 @@ class DepMatch(nn.Module):
             try:
                 cfg = DepMatchConfig(**(cfg or {}))
             except ValidationError as err:
-                raise ConfigError(_format_errors(err, prefix="method.depmatch", schema=DepMatchConfig)) from None
+                raise ConfigError(format_errors(err, prefix="method.depmatch", schema=DepMatchConfig)) from None
         self.cfg = cfg
         self.num_classes = num_classes
         self.seed = seed

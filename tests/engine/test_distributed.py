@@ -37,8 +37,9 @@ def test_torchrun_two_processes_match_one(tmp_path):
 
     one = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["method"]
     two = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["method"]
-    from sparseg.config import load_config
-    from sparseg.engine.trainer import build_method, seed_everything
+    from sparseg.build import load_config
+    from sparseg.engine.trainer import seed_everything
+    from sparseg.methods import build_method
 
     seed_everything(0)  # as the trainer does before building the model
     start = build_method(load_config(cfg), 5).state_dict()

@@ -1,7 +1,5 @@
 """Fixtures of the method tests: tiny models and batches, tiny training runs and the exact-resume check."""
 
-import sys
-import types
 from typing import ClassVar
 
 import pytest
@@ -11,7 +9,7 @@ from sparseg.config import ModelConfig, config_from_dict
 from sparseg.data import create_dataset_spec, make_synthetic_dataset, write_splits
 from sparseg.engine.trainer import Trainer
 from sparseg.labels import IGNORE
-from sparseg.methods import create_method, method_class
+from sparseg.methods import consistency, create_method, method_class
 from sparseg.methods.base import MethodContext
 from sparseg.models import create_model
 
@@ -73,9 +71,7 @@ class RecordingPlugin:
 @pytest.fixture
 def recording_plugin(monkeypatch):
     """Installs ``RecordingPlugin`` as the DepMatch plug-in; yields the class (see ``.instances``)."""
-    module = types.ModuleType("sparseg.plugins.depmatch")
-    module.DepMatch = RecordingPlugin
-    monkeypatch.setitem(sys.modules, "sparseg.plugins.depmatch", module)
+    monkeypatch.setattr(consistency, "DepMatch", RecordingPlugin)
     RecordingPlugin.instances = []
     return RecordingPlugin
 

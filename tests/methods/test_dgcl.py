@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from sparseg.config import ConfigError, ModelConfig, config_from_dict
 from sparseg.labels import IGNORE
-from sparseg.methods import create_method
+from sparseg.methods import create_method, method_config
 from sparseg.methods.base import MethodContext, Step, step_generator
 from sparseg.methods.dgcl import (
     DGCLConfig,
@@ -399,7 +399,7 @@ def test_world_size_independence_gloo(tmp_path, monkeypatch):
 
 def test_config_checks():
     with pytest.raises(ConfigError, match="forward_unmixed_u"):
-        config_from_dict({"method": {"name": "dgcl", "forward_unmixed_u": False}})
+        config_from_dict({"method": {"name": "dgcl", "forward_unmixed_u": False}}, method_config=method_config)
     with pytest.raises(ValueError, match="proj_dim"):
         create_method("dgcl", create_model(ModelConfig(encoder="resnet18", stem="plain", width=8), K), DGCLConfig(),
                       MethodContext(num_classes=K))

@@ -84,7 +84,7 @@ def test_plugin_gets_one_view_and_its_terms_enter_the_bracket(make_consistency, 
     batch = consistency_batch()
     out = method(batch, STEP)
     plugin = recording_plugin.instances[-1]
-    assert plugin.options == {"lambda_cdp": 0.03} and plugin.num_classes == 3
+    assert plugin.options.lambda_cdp == 0.03 and plugin.num_classes == 3  # the section typed at load
     (view,) = plugin.views
     assert view.weight == 1.0
     n, k, size = 4, 3, 32

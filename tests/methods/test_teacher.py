@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparseg.engine.ema import copy_parameters, create_teacher, ema_decay, ema_update
+from sparseg.methods.teacher import copy_parameters, create_teacher, ema_decay, ema_update
 
 
 def small_net():

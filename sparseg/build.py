@@ -1,0 +1,52 @@
+"""Assembling a run, above config, models, methods and engine: a config loaded with its method section validated
+(before any data is read) and a trained model rebuilt from a checkpoint. The command line, ``sparseg annotate``
+and the benchmarks import these instead of passing callbacks."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from torch import nn
+
+from sparseg.config import Config, apply_overrides, config_from_dict, override_keys, override_origin
+from sparseg.config import load_config as load_config_file
+from sparseg.engine.checkpoint import CheckpointError, load_checkpoint, load_module_state
+from sparseg.methods import build_method, method_config, method_schema
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """``sparseg.config.load_config`` with the method section validated by the method's own ``Config`` (a typo
+    is one line with the nearest key) and ``--set method.*`` values typed by it."""
+    return load_config_file(path, overrides, method_config=method_config, method_schema=method_schema)
+
+
+class Trained(NamedTuple):
+    """A model rebuilt from a checkpoint: the run's config (with overrides), the checkpoint's contents, the chosen
+    model (eval mode) and its name among the method's models."""
+
+    config: Config
+    state: dict[str, Any]
+    model: nn.Module
+    name: str
+
+
+def load_trained(checkpoint: str | Path, overrides: list[str], model_name: str | None = None) -> Trained:
+    """Rebuild the config, method and chosen model stored in a checkpoint (``model.*`` keys cannot be overridden)."""
+    state = load_checkpoint(checkpoint)
+    trained = config_from_dict(state["config"], method_config=method_config)
+    cfg = config_from_dict(apply_overrides(copy.deepcopy(state["config"]), overrides, method_schema),
+                           override_origin(overrides), method_config)
+    if cfg.model != trained.model:
+        key = next((k for k in override_keys(overrides) if k.startswith("model")), "model.*")
+        raise CheckpointError(f"--set {key}: model.* keys come from the checkpoint and cannot be overridden "
+                              f"({checkpoint} holds a {trained.model.name} with encoder {trained.model.encoder})")
+    cfg.model.pretrained = None  # the checkpoint holds the weights
+    method = build_method(cfg, state["num_classes"])
+    load_module_state(method, state["method"], checkpoint)
+    models = method.eval_models()
+    name = model_name or next(iter(models))
+    if name not in models:
+        raise CheckpointError(f"--model {name}: this checkpoint has {', '.join(models)}")
+    return Trained(cfg, state, models[name].eval(), name)
