@@ -91,6 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="which of the method's models to use (default: the method's first)")
     _add_set(p)
 
+    p = sub.add_parser("pseudo-label", help="label a list of images with a trained model, class-mix aligned "
+                                            "(docs/methods/alignment.md)")
+    p.add_argument("checkpoint", help="a last.pt or best.pt written by sparseg train (its teacher where it has one)")
+    p.add_argument("images", help="split list or image folder to label (relative to data.root, as in training)")
+    p.add_argument("--out", required=True, help="output folder: OUT/<image path>.png, pseudo.txt, train.txt, "
+                                                "manifest.json")
+    p.add_argument("--labeled", help="labeled list: the class prior and the first lines of OUT/train.txt "
+                                     "(default: the checkpoint's data.labeled_list or data.train_list)")
+    p.add_argument("--align", choices=["none", "hard_share", "mean_prob"], default="hard_share",
+                   help="class-mix alignment of the predictions to the labeled prior (default: hard_share)")
+    p.add_argument("--updates", type=int, default=30, help="hard_share: bias updates (default: 30)")
+    p.add_argument("--threshold", type=float, default=0.0,
+                   help="pixels whose aligned confidence is below this are written as 255, ignore (default: 0)")
+    p.add_argument("--stride", type=int, default=4, help="pixel stride of the class-mix sample (default: 4)")
+    p.add_argument("--overwrite", action="store_true", help="replace pseudo-labels that exist in OUT")
+    p.add_argument("--model", help="which of the method's models to use (default: the method's first)")
+    _add_set(p)
+
     p = sub.add_parser("demo", help="train and evaluate on generated data (CPU, no downloads)")
     p.add_argument("--method", default="supervised",
                    help="a method name (README, Methods), optionally NAME+depmatch, e.g. dgcl, fixmatch+depmatch; "
@@ -278,6 +296,28 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_pseudo_label(args) -> int:
+    from sparseg.build import load_trained
+    from sparseg.pseudo_label import PseudoLabelError, run_pseudo_label
+
+    if not 0 <= args.threshold <= 1 or args.updates < 0 or args.stride < 1:
+        raise PseudoLabelError("--threshold must lie in [0, 1], --updates be >= 0 and --stride >= 1")
+    cfg, _, model, name = load_trained(args.checkpoint, args.overrides, args.model)
+    labeled = args.labeled or cfg.data.labeled_list or cfg.data.train_list
+    device = _device(cfg)
+    manifest = run_pseudo_label(model.to(device), cfg, args.checkpoint, args.images, Path(args.out), labeled,
+                                args.align, args.threshold, args.updates, args.stride, args.overwrite, device)
+    names = manifest["class_names"]
+    print(f"{manifest['num_images']} pseudo-labels from the {name} of {args.checkpoint} in {args.out} "
+          f"(align {args.align}; {100 * manifest['ignored_fraction']:.1f}% ignored)")
+    print("class: prior / argmax share before / pseudo-label share (%)")
+    for c, class_name in enumerate(names):
+        print(f"  {class_name}: {100 * manifest['prior'][c]:.1f} / {100 * manifest['argmax_share_before'][c]:.1f}"
+              f" / {100 * manifest['pseudo_label_share'][c]:.1f}")
+    print(f"train on them: --set data.train_list={Path(args.out).resolve() / 'train.txt'}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from sparseg.demo import run_demo
 
@@ -412,6 +452,7 @@ COMMANDS = {
     "inspect-labels": cmd_inspect_labels,
     "depth": cmd_depth,
     "annotate": cmd_annotate,
+    "pseudo-label": cmd_pseudo_label,
 }
 
 
@@ -424,10 +465,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from sparseg.engine.trainer import TrainingError
     from sparseg.eval.predict import PredictError
     from sparseg.models import WeightsError
+    from sparseg.pseudo_label import PseudoLabelError
     from sparseg.registry import UnknownNameError
 
     return (ConfigError, DataError, SplitError, CheckpointError, RunDirError, TrainingError, PredictError,
-            WeightsError, UnknownNameError, FileNotFoundError, OSError)
+            PseudoLabelError, WeightsError, UnknownNameError, FileNotFoundError, OSError)
 
 
 def describe(err: BaseException) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -410,6 +410,17 @@ class SegmentationDataset(Dataset):
                 self._skip(entry, err)
         if len(self.skipped) == len(self.entries):
             raise DataError(f"no entry of this list is readable ({len(self.skipped)} files skipped)")
+
+    def class_pixel_counts(self, indices: Iterable[int] | None = None) -> np.ndarray:
+        """Pixels of each class 0..K-1 over the masks of ``indices`` (default: every entry), int64 [K]."""
+        counts = np.zeros(self.spec.num_classes, dtype=np.int64)
+        for index in range(len(self.entries)) if indices is None else indices:
+            entry = self.entries[index]
+            with Image.open(entry.mask) as mask:
+                size = mask.size
+            labels = self.read_mask(entry, size)
+            counts += np.bincount(labels[labels < self.spec.num_classes], minlength=self.spec.num_classes)
+        return counts
 
     def read_mask(self, entry: SplitEntry, image_size: tuple[int, int]) -> np.ndarray:
         """The entry's mask as uint8 labels, checked against the image size and the class range."""

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from sparseg.config import RESUME_FREE_KEYS, Config, ConfigError, config_changes, config_from_dict, dump_config
@@ -88,15 +87,10 @@ class Stream:
     loader: DataLoader
 
 
-def label_class_counts(dataset: SegmentationDataset, num_classes: int, dist_info: DistInfo) -> torch.Tensor:
+def label_class_counts(dataset: SegmentationDataset, dist_info: DistInfo) -> torch.Tensor:
     """Pixels of each class over the masks of ``dataset`` (each process reads its share; summed over processes)."""
-    counts = torch.zeros(num_classes, dtype=torch.float64)
-    for index in shard_indices(len(dataset), dist_info.rank, dist_info.world_size):
-        entry = dataset.entries[index]
-        with Image.open(entry.mask) as mask:
-            size = mask.size
-        labels = torch.from_numpy(dataset.read_mask(entry, size).astype(np.int64)).flatten()
-        counts += torch.bincount(labels[labels < num_classes], minlength=num_classes)[:num_classes].double()
+    shard = shard_indices(len(dataset), dist_info.rank, dist_info.world_size)
+    counts = torch.from_numpy(dataset.class_pixel_counts(shard)).double()
     if dist_info.enabled:
         torch.distributed.all_reduce(counts)
     return counts
@@ -142,7 +136,7 @@ class Trainer:
         prior = None
         if method_cls.wants_class_prior(method_config(cfg.method)):  # e.g. class-mix alignment of pseudo-labels
             labeled = next(s.dataset for s in self.streams if s.name == "labeled")
-            prior = label_class_counts(labeled, self.num_classes, self.dist)
+            prior = label_class_counts(labeled, self.dist)
         self.method = build_method(cfg, self.num_classes, self.dist.world_size, self.dist.rank, prior).to(self.device)
         if cfg.train.channels_last:
             self.method.to(memory_format=torch.channels_last)

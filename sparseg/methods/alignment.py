@@ -36,6 +36,22 @@ class PseudoLabelConfig(MethodConfig):
     clip: float = Field(1.0, gt=0)  # δ, bound of one step's log-ratio
 
 
+def hard_share_step(prior: Tensor, share: Tensor, rate: float, clip: float) -> Tensor:
+    """Δb = η · clip(log π − log s, −δ, δ) for the classes with π > 0; 0 for the others."""
+    known = prior > 0
+    step = torch.zeros_like(prior)
+    step[known] = rate * (prior[known].log() - share[known].clamp_min(_EPS).log()).clamp(-clip, clip)
+    return step
+
+
+def mean_prob_bias(prior: Tensor, mean_probs: Tensor) -> Tensor:
+    """b = log π − log p̄ for the classes with π > 0 (p ← normalise(p · π / p̄)); 0 for the others."""
+    known = prior > 0
+    bias = torch.zeros_like(prior)
+    bias[known] = prior[known].log() - mean_probs[known].clamp_min(_EPS).log()
+    return bias
+
+
 def _all_reduce(tensor: Tensor) -> Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor)
@@ -72,15 +88,11 @@ class ClassMixAlignment(nn.Module):
             biased = logits + self.bias[:, None, None]
             counts = torch.bincount(biased.argmax(1)[valid], minlength=len(self.bias)).float()
             self._update_ema(_all_reduce(counts))
-            known = self.prior > 0
-            step = (self.prior[known].log() - self.share[known].clamp_min(_EPS).log()).clamp(-self.cfg.clip,
-                                                                                              self.cfg.clip)
-            self.bias[known] += self.cfg.rate * step
+            self.bias += hard_share_step(self.prior, self.share, self.cfg.rate, self.cfg.clip)
             return biased
         probs = logits.softmax(1).permute(0, 2, 3, 1)[valid]  # [N, K]
         self._update_ema(_all_reduce(torch.cat([probs.sum(0), probs.new_tensor([len(probs)])]))[:-1])
-        known = self.prior > 0
-        self.bias[known] = self.prior[known].log() - self.share[known].clamp_min(_EPS).log()
+        self.bias.copy_(mean_prob_bias(self.prior, self.share))
         return logits + self.bias[:, None, None]
 
     def _update_ema(self, totals: Tensor) -> None:

@@ -176,5 +176,6 @@ def test_trainer_counts_the_prior_and_resumes_alignment_exactly(assert_resume_is
     for entry in labeled.entries:
         labels = torch.from_numpy(labeled.read_mask(entry, Image.open(entry.mask).size).astype("int64"))
         counts += torch.bincount(labels[labels < trainer.num_classes].flatten(), minlength=trainer.num_classes)
+    assert torch.equal(torch.from_numpy(labeled.class_pixel_counts()).float(), counts)
     assert torch.allclose(trainer.method.alignment.prior, counts / counts.sum())
     assert int(trainer.method.alignment.updates) == 4
