@@ -27,7 +27,7 @@ from PIL import Image
 from sparseg.config import ConfigError, DataConfig
 from sparseg.data import DataError, create_dataset_spec, read_split
 from sparseg.data.splits import IMAGE_SUFFIXES
-from sparseg.engine.rundir import RunDirError, RunLock
+from sparseg.engine.rundir import RunLock
 from sparseg.labels import IGNORE, UNLABELED
 from sparseg.serialization import write_atomic
 
@@ -51,18 +51,8 @@ class VersionConflict(RuntimeError):
 
 def lock_label_folder(out: str | Path) -> RunLock:
     """Claim ``out`` for one server (``out/annotate.lock``, training's lock: a dead holder's lock is taken over)."""
-    lock = RunLock(Path(out))
-    lock.path = Path(out) / LOCK_NAME
-    try:
-        lock.acquire()
-    except RunDirError:
-        try:
-            owner = json.loads(lock.path.read_text())
-            held = f"pid {owner['pid']} on {owner['host']} since {owner['started']}"
-        except (OSError, ValueError, KeyError, TypeError):
-            held = "an unreadable lock file"
-        raise RunDirError(f"{out} is in use by another sparseg annotate ({held}); stop it or choose another --out "
-                          f"(delete {lock.path} if none runs)") from None
+    lock = RunLock(Path(out), LOCK_NAME, "sparseg annotate")
+    lock.acquire()
     return lock
 
 

@@ -41,7 +41,7 @@ def check_run_dir(out_dir: Path, resume: bool, overwrite: bool, locked: bool = F
         raise RunDirError("--resume continues OUT/last.pt and --overwrite starts over: pass one of them")
     _, owner = (None, None) if locked else _read_lock(out_dir / LOCK_NAME)
     if owner is not None and _owner_alive(owner):
-        raise RunDirError(_in_use(out_dir, owner))
+        raise RunDirError(_in_use(out_dir / LOCK_NAME, owner, "training"))
     found = run_files(out_dir)
     last = out_dir / "last.pt"
     if resume and not last.is_file():
@@ -109,12 +109,13 @@ def _read_lock(path: Path) -> tuple[str, dict | None]:
     return text, owner if isinstance(owner, dict) and "pid" in owner else None
 
 
-def _in_use(out_dir: Path, owner: dict | None) -> str:
-    """The refusal of a folder held by the training that ``owner`` (a lock's content) names."""
+def _in_use(lock: Path, owner: dict | None, holder: str) -> str:
+    """The refusal of a folder held by the ``holder`` (e.g. "training") that ``owner`` (the content of the lock
+    file ``lock``) names."""
     held = (f"pid {owner['pid']} on {owner.get('host', '?')} since {owner.get('started', '?')}"
             if owner else "an unreadable lock file")
-    return (f"{out_dir} is in use by another training ({held}); wait for it or choose another --out "
-            f"(delete {out_dir / LOCK_NAME} if no training runs there)")
+    return (f"{lock.parent} is in use by another {holder} ({held}); wait for it or choose another --out "
+            f"(delete {lock} if no {holder} runs there)")
 
 
 def _remove_if_ours(path: Path, content: str) -> None:
@@ -127,13 +128,13 @@ def _remove_if_ours(path: Path, content: str) -> None:
 
 
 class RunLock:
-    """An exclusive claim on a run folder (``OUT/train.lock``), released by ``release()``, at garbage
-    collection or at interpreter exit; a process killed outright leaves a stale lock that the next
-    training on the same host takes over."""
+    """An exclusive claim on a folder (``OUT/<name>``, by default training's ``train.lock``; ``holder`` names
+    the kind of process in the refusal), released by ``release()``, at garbage collection or at interpreter
+    exit; a process killed outright leaves a stale lock that the next claimant on the same host takes over."""
 
-    def __init__(self, out_dir: Path) -> None:
-        self.out_dir = out_dir
-        self.path = out_dir / LOCK_NAME
+    def __init__(self, out_dir: Path, name: str = LOCK_NAME, holder: str = "training") -> None:
+        self.out_dir, self.holder = out_dir, holder
+        self.path = out_dir / name
         self._release: weakref.finalize | None = None
 
     def acquire(self) -> None:
@@ -151,11 +152,11 @@ class RunLock:
                     _remove_if_ours(self.path, text)
                 continue
             break
-        raise RunDirError(_in_use(self.out_dir, owner))
+        raise RunDirError(_in_use(self.path, owner, self.holder))
 
     def _create(self, content: str) -> bool:
         """Create the lock file complete and atomically (link of a written temporary file); False if held."""
-        fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=f".{LOCK_NAME}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=f".{self.path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(content)

@@ -164,3 +164,19 @@ def test_a_running_training_is_named_before_the_resume_or_overwrite_advice(tiny_
         assert f"{cfg.out} is in use by another training (pid" in err and "--overwrite" not in err
     finally:
         lock.release()
+
+
+def test_a_lock_names_its_file_and_holder(tmp_path):
+    run = tmp_path / "labels"
+    first = RunLock(run, "tool.lock", "labeling tool")
+    first.acquire()
+    with pytest.raises(RunDirError) as refused:
+        RunLock(run, "tool.lock", "labeling tool").acquire()
+    assert str(refused.value).startswith(f"{run} is in use by another labeling tool (pid ")
+    assert str(refused.value).endswith(f"(delete {run / 'tool.lock'} if no labeling tool runs there)")
+    RunLock(run).acquire()  # training's lock is another file
+    first._release.detach()  # as if killed: the lock stays, naming a dead process
+    owner = json.loads((run / "tool.lock").read_text())
+    (run / "tool.lock").write_text(json.dumps({**owner, "pid": 2 ** 22 + 1}))
+    RunLock(run, "tool.lock", "labeling tool").acquire()  # taken over
+    assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []  # no temporary file left
