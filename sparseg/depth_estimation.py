@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sparseg.config import ConfigError, DataConfig
-from sparseg.data.datasets import create_dataset_spec
+from sparseg.data.datasets import create_dataset_spec, to_rgb
 from sparseg.data.depth import (
     DEPTH_SUFFIXES,
     FORMAT_VERSION,
@@ -151,7 +151,7 @@ def compute_depth(
     for number, entry in enumerate(entries, start=1):
         try:
             with Image.open(entry.image) as file:
-                image = file.convert("RGB")
+                image = to_rgb(file, entry.image)
         except OSError as err:
             raise DataError(f"{entry.image}: unreadable image: {err}") from None
         normalised, q_lo, q_hi = robust_normalise_array(predict_disparity(processor, estimator, image, input_size, kind))

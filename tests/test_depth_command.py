@@ -38,3 +38,19 @@ def test_depth_command_writes_maps_manifest_and_calibration(tmp_path, tiny_estim
     assert calibration["unit"] == pytest.approx(float(np.median(list(calibration["ranges"].values()))))
     assert not list(calibration_dir.rglob("*.png"))  # calibration writes no maps
     assert "depmatch.unit:" in capsys.readouterr().out
+
+
+def test_16_bit_images_reach_the_estimator_scaled_as_in_training(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from sparseg import depth_estimation
+
+    Image.fromarray(np.full((6, 8), 32896, np.uint16)).save(tmp_path / "d.png")  # 32896 * 255/65535 = 128
+    (tmp_path / "list.txt").write_text("d.png\n")
+    seen = []
+    monkeypatch.setattr(depth_estimation, "load_estimator", lambda model, device: (None, None))
+    monkeypatch.setattr(depth_estimation, "predict_disparity",
+                        lambda processor, estimator, image, size, kind: seen.append(np.asarray(image)) or
+                        np.ones((image.height, image.width), np.float32))
+    assert main(["depth", str(tmp_path / "list.txt"), "--model", "stub", "--out", str(tmp_path / "out")]) == 0
+    assert seen[0].shape == (6, 8, 3) and (seen[0] == 128).all()  # not clipped to 255

@@ -15,6 +15,7 @@ from PIL import Image
 
 from sparseg.annotate.store import ImageEntry
 from sparseg.config import EvalConfig
+from sparseg.data.datasets import to_rgb
 from sparseg.eval import predict_probs
 from sparseg.serialization import write_atomic
 
@@ -54,7 +55,7 @@ class ModelAssist:
 
     def _forward(self, path: Path) -> np.ndarray:
         with Image.open(path) as image:
-            rgb = np.asarray(image.convert("RGB"))
+            rgb = np.asarray(to_rgb(image, path))
         x = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div(255).unsqueeze(0).to(self.device)
         with torch.inference_mode():
             probs = predict_probs(self.model, x, self.num_classes, self.eval_cfg)[0].float().cpu()

@@ -38,6 +38,7 @@ from starlette.staticfiles import StaticFiles
 
 from sparseg.annotate.assist import ModelAssist, Ranker
 from sparseg.annotate.store import ImageEntry, LabelError, LabelStore, VersionConflict
+from sparseg.data.datasets import to_rgb
 
 STATIC = Path(__file__).parent / "static"
 BROWSER_IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
@@ -110,9 +111,9 @@ def create_app(store: LabelStore, assist: ModelAssist | None = None,
         media_type = BROWSER_IMAGE_TYPES.get(entry.path.suffix.lower())
         if media_type is not None:
             return FileResponse(entry.path, media_type=media_type)
-        with Image.open(entry.path) as source:  # e.g. TIFF: converted for the browser
+        with Image.open(entry.path) as source:  # e.g. TIFF: converted for the browser, 16-bit as in training
             buffer = io.BytesIO()
-            source.convert("RGB").save(buffer, format="PNG")
+            to_rgb(source, entry.path).save(buffer, format="PNG")
         return Response(buffer.getvalue(), media_type="image/png")
 
     async def get_label(request: Request) -> Response:

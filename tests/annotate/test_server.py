@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -207,3 +209,24 @@ def test_ranking_scores_uncertainty_and_rare_classes_and_is_cached_per_checkpoin
     again.run()
     assert Counting.calls == 3 and again.snapshot()["scores"] == scores
     assert TestClient(create_app(store)).get("/api/ranking").status_code == 404
+
+
+def test_16_bit_images_are_scaled_as_in_training_for_the_page_and_the_model(classes_file, tmp_path):
+    from sparseg.annotate import LabelStore, find_images, load_classes
+
+    root = tmp_path / "deep"
+    root.mkdir()
+    Image.fromarray(np.full((6, 8), 32896, np.uint16)).save(root / "d.tif")  # 32896 * 255/65535 = 128
+    store = LabelStore(*find_images(root), load_classes(classes_file), tmp_path / "labels")
+    seen = []
+
+    class Recording(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x)
+            return {"pred": torch.zeros(x.shape[0], 3, *x.shape[2:])}
+
+    client = TestClient(create_app(store, ModelAssist(Recording(), EvalConfig(mode="whole"), 3, torch.device("cpu"))))
+    page_image = np.asarray(Image.open(io.BytesIO(client.get("/api/image/d").content)))
+    assert page_image.shape == (6, 8, 3) and (page_image == 128).all()  # not clipped to 255
+    assert client.get("/api/prediction/d").status_code == 200
+    assert torch.allclose(seen[0], torch.full_like(seen[0], 128 / 255))
