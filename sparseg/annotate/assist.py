@@ -18,6 +18,7 @@ from sparseg.config import EvalConfig
 from sparseg.data.datasets import to_rgb
 from sparseg.eval import predict_probs
 from sparseg.serialization import write_atomic
+from sparseg.stats import entropy
 
 BALANCE_WEIGHT = 0.5  # score = uncertainty + BALANCE_WEIGHT * class balance, both in [0, 1]
 
@@ -58,10 +59,10 @@ class ModelAssist:
             rgb = np.asarray(to_rgb(image, path))
         x = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div(255).unsqueeze(0).to(self.device)
         with torch.inference_mode():
-            probs = predict_probs(self.model, x, self.num_classes, self.eval_cfg)[0].float().cpu()
-        maxprob, label = probs.max(0)
-        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(0)
-        certainty = 1 - entropy / math.log(self.num_classes) if self.num_classes > 1 else torch.ones_like(maxprob)
+            probs = predict_probs(self.model, x, self.num_classes, self.eval_cfg).float().cpu()
+        maxprob, label = probs[0].max(0)
+        certainty = (1 - entropy(probs)[0] / math.log(self.num_classes) if self.num_classes > 1
+                     else torch.ones_like(maxprob))
         result = torch.stack([label.float(), maxprob * 255, certainty.clamp(0, 1) * 255]).round()
         return result.to(torch.uint8).numpy()
 

@@ -26,7 +26,7 @@ from PIL import Image
 
 from sparseg.config import ConfigError, DataConfig
 from sparseg.data import DataError, create_dataset_spec, read_split
-from sparseg.data.splits import IMAGE_SUFFIXES
+from sparseg.data.splits import image_files
 from sparseg.engine.rundir import RunLock
 from sparseg.labels import IGNORE, UNLABELED
 from sparseg.serialization import write_atomic
@@ -126,7 +126,8 @@ class ImageEntry:
 def find_images(
     source: str | Path, root: str | Path | None = None, dataset: str | None = None
 ) -> tuple[Path, list[ImageEntry]]:
-    """The image root and its images, from a folder (searched recursively) or a split list.
+    """The image root and its images, from a folder (``image_files``: recursive, hidden ones left out, as
+    training reads a folder) or a split list.
 
     A list's paths are relative to ``root`` (default: the list's folder) and read like ``sparseg
     sparsify`` reads them, so the ids, and therefore the label files, coincide. Files whose real path
@@ -137,8 +138,7 @@ def find_images(
         if root is not None:
             raise ConfigError("--root applies to a split list, not to an image folder")
         root = source.resolve()
-        candidates = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        found = [(p.relative_to(root).with_suffix("").as_posix(), p) for p in candidates]
+        found = [(p.relative_to(root).with_suffix("").as_posix(), p) for p in image_files(root)]
     elif source.is_file():
         root = Path(root).resolve() if root else source.resolve().parent
         # a folder spec needs a class count to exist; only its path rules are used here

@@ -148,6 +148,16 @@ def test_prediction_maps_class_certainty_and_are_cached(store, half_sure_model):
     assert model.calls == 1
 
 
+def test_certainty_is_one_minus_the_normalised_entropy_of_sparseg_stats(store, half_sure_model, monkeypatch):
+    from sparseg import stats
+
+    calls = []
+    monkeypatch.setattr("sparseg.annotate.assist.entropy", lambda probs: calls.append(probs) or stats.entropy(probs))
+    maps = ModelAssist(half_sure_model, EvalConfig(mode="whole"), 3, torch.device("cpu")).compute(store.entry("a").path)
+    expected = (1 - stats.entropy(calls[0])[0] / np.log(3)).clamp(0, 1).mul(255).round().to(torch.uint8)
+    assert np.array_equal(maps[2], expected.numpy())
+
+
 def test_prediction_without_a_model_is_a_clear_404(client):
     response = client.get("/api/prediction/a")
     assert response.status_code == 404 and "--checkpoint" in response.json()["error"]

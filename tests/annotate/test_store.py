@@ -37,10 +37,13 @@ def test_bad_class_files_are_refused_naming_the_file(tmp_path, text, fragment):
     assert fragment in str(err.value)
 
 
-def test_images_are_found_recursively_and_symlinks_out_of_the_root_left_out(image_root, tmp_path):
+def test_images_are_found_recursively_and_hidden_ones_and_symlinks_out_of_the_root_left_out(image_root, tmp_path):
     outside = tmp_path / "secret.png"
     Image.new("RGB", (8, 8)).save(outside)
     (image_root / "link.png").symlink_to(outside)
+    (image_root / ".thumbs").mkdir()
+    for hidden in (".thumbs/a.png", ".d.png"):  # as training's folder lists and predict leave them out
+        Image.new("RGB", (8, 8)).save(image_root / hidden)
     root, images = find_images(image_root)
     assert root == image_root.resolve()
     assert [(e.id, e.size) for e in images] == [("a", (40, 30)), ("b", (32, 24)), ("sub/c", (20, 16))]
