@@ -20,7 +20,8 @@ def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    """SGD or AdamW with two parameter groups: the encoder at ``lr``, the rest at ``lr x head_lr_mult``."""
+    """SGD or AdamW with the two groups of ``model.param_groups()`` (a model's, or a method's: its model's plus
+    its own parameters): the encoder at ``lr``, the rest at ``lr x head_lr_mult``."""
     groups = model.param_groups()
     param_groups = [
         {"params": [p for p in groups["backbone"] if p.requires_grad], "lr": lr, "base_lr": lr},

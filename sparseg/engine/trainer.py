@@ -151,7 +151,7 @@ class Trainer:
 
         self.global_batch = cfg.data.batch_size
         self.lr = scaled_lr(cfg.optim, self.global_batch)
-        self.optimizer = build_optimizer(self.method.model, cfg.optim, self.lr)
+        self.optimizer = build_optimizer(self.method, cfg.optim, self.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp == "fp16")
         self.iteration = 0
         self.skipped_steps = 0

@@ -80,6 +80,13 @@ class Method(nn.Module):
     def num_classes(self) -> int:
         return self.context.num_classes
 
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The model's optimizer groups; the method's own parameters outside the model (a pretraining head, a
+        teacher: the optimizer drops those without ``requires_grad``) join ``head``."""
+        groups = self.model.param_groups()
+        in_model = {id(p) for p in self.model.parameters()}
+        return {**groups, "head": groups["head"] + [p for p in self.parameters() if id(p) not in in_model]}
+
     def forward(self, batch: dict[str, dict[str, torch.Tensor]], step: Step) -> dict[str, torch.Tensor]:
         """Return named losses; ``loss`` is the total that is back-propagated."""
         raise NotImplementedError

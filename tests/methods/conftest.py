@@ -78,20 +78,21 @@ def recording_plugin(monkeypatch):
 
 @pytest.fixture
 def semi_run_config(tmp_path):
-    """``config(method: dict, out: str, model: dict | None = None) -> dict``: 4 iterations on 8 + 8
-    synthetic 32-px images (batch 4 + 4), evaluation and checkpoint every 2."""
+    """``config(method: dict, out: str, model: dict | None = None, data: dict | None = None) -> dict``:
+    4 iterations on 8 + 8 synthetic 32-px images (batch 4 + 4), evaluation and checkpoint every 2; ``data``
+    extends the data section (its root is ``config.root``)."""
     root = make_synthetic_dataset(tmp_path / "data", n_train=16, n_val=2, size=32)
     spec = create_dataset_spec(config_from_dict({"data": {"dataset": "synthetic", "root": str(root)}}).data)
     write_splits(root / "train.txt", root, spec, "1/2", 0, root / "splits")
 
-    def config(method, out, model=None):
+    def config(method, out, model=None, data=None):
         return {
             "seed": 0,
             "out": str(tmp_path / out),
             "data": {
                 "dataset": "synthetic", "root": str(root), "labeled_list": "splits/labeled.txt",
                 "unlabeled_list": "splits/unlabeled.txt", "val_list": "val.txt", "crop_size": 32,
-                "batch_size": 4, "workers": 0,
+                "batch_size": 4, "workers": 0, **(data or {}),
             },
             "model": model or TINY_MODEL,
             "optim": {"base_lr": 0.01, "head_lr_mult": 1.0},
@@ -99,6 +100,7 @@ def semi_run_config(tmp_path):
             "method": method,
         }
 
+    config.root = root
     return config
 
 
@@ -118,15 +120,15 @@ class CrashAfterCheckpoint(Trainer):
 
 @pytest.fixture
 def assert_resume_is_exact(semi_run_config):
-    """``check(method: dict, **model_options) -> Trainer``: 4 iterations straight and 2 + crash + fresh
-    process state + resume 2 end with identical method state (model, teacher, memories, ...); returns the
-    straight run. ``model_options`` extend the tiny model."""
+    """``check(method: dict, data=None, **model_options) -> Trainer``: 4 iterations straight and 2 + crash +
+    fresh process state + resume 2 end with identical method state (model, teacher, memories, ...); returns the
+    straight run. ``data`` extends the data section, ``model_options`` the tiny model."""
 
-    def check(method, **model_options):
+    def check(method, data=None, **model_options):
         model = {**TINY_MODEL, **model_options}
-        straight = Trainer(config_from_dict(semi_run_config(method, "straight", model)), quiet=True)
+        straight = Trainer(config_from_dict(semi_run_config(method, "straight", model, data)), quiet=True)
         straight.fit()
-        cfg = config_from_dict(semi_run_config(method, "resumed", model))
+        cfg = config_from_dict(semi_run_config(method, "resumed", model, data))
         with pytest.raises(Crash):
             CrashAfterCheckpoint(cfg, quiet=True).fit()
         resumed = Trainer(cfg, resume=True, quiet=True)
