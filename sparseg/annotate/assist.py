@@ -21,6 +21,7 @@ from sparseg.serialization import write_atomic
 from sparseg.stats import entropy
 
 BALANCE_WEIGHT = 0.5  # score = uncertainty + BALANCE_WEIGHT * class balance, both in [0, 1]
+SAVE_EVERY = 25  # images scored between writes of the ranking cache (it holds every image: rewriting it is O(N))
 
 
 class ModelAssist:
@@ -123,7 +124,9 @@ class Ranker:
         return thread
 
     def run(self) -> None:
-        """Score the images not scored yet, in list order; a failure stops the scoring and is reported."""
+        """Score the images not scored yet, in list order, writing the cache every ``SAVE_EVERY`` images and at
+        the end; a failure stops the scoring and is reported."""
+        unsaved = 0
         try:
             for entry in self.images:
                 if entry.id in self._stats:
@@ -131,10 +134,20 @@ class Ranker:
                 stats = image_stats(self.assist.compute(entry.path), self.assist.num_classes)
                 with self._lock:
                     self._stats[entry.id] = {**stats, "file": self._file_key(entry)}
-                    self.cache.parent.mkdir(parents=True, exist_ok=True)
-                    write_atomic(self.cache, json.dumps({"images": self._stats}).encode(), durable=False)
+                unsaved += 1
+                if unsaved == SAVE_EVERY:
+                    self._save()
+                    unsaved = 0
+            if unsaved:
+                self._save()
         except Exception as err:  # shown in the page; the server keeps serving labels
             self.error = f"{type(err).__name__}: {err}"
+
+    def _save(self) -> None:
+        with self._lock:
+            text = json.dumps({"images": self._stats})
+        self.cache.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.cache, text.encode(), durable=False)
 
     def snapshot(self) -> dict:
         with self._lock:

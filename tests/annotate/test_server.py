@@ -1,4 +1,5 @@
 import io
+import json
 
 import numpy as np
 import pytest
@@ -240,3 +241,30 @@ def test_16_bit_images_are_scaled_as_in_training_for_the_page_and_the_model(clas
     assert page_image.shape == (6, 8, 3) and (page_image == 128).all()  # not clipped to 255
     assert client.get("/api/prediction/d").status_code == 200
     assert torch.allclose(seen[0], torch.full_like(seen[0], 128 / 255))
+
+
+def test_the_ranking_cache_is_written_every_25_images_and_at_the_end(tmp_path, monkeypatch):
+    from sparseg.annotate import assist as assist_module
+    from sparseg.annotate.store import ImageEntry
+
+    image = tmp_path / "x.png"
+    Image.new("RGB", (4, 4)).save(image)
+    images = [ImageEntry(f"i{n:02d}", image, (4, 4)) for n in range(60)]
+
+    class Fixed:
+        num_classes = 3
+
+        def compute(self, path):
+            return np.zeros((3, 4, 4), np.uint8)
+
+    written, real = [], assist_module.write_atomic
+
+    def counting(path, data, **options):  # records how many images each write holds
+        written.append(len(json.loads(data)["images"]))
+        real(path, data, **options)
+
+    monkeypatch.setattr(assist_module, "write_atomic", counting)
+    cache = tmp_path / ".annotate" / "ranking.json"
+    assist_module.Ranker(Fixed(), images, cache).run()
+    assert written == [25, 50, 60]
+    assert len(json.loads(cache.read_text())["images"]) == 60
