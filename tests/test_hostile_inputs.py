@@ -334,6 +334,11 @@ def test_resume_after_a_config_edit_is_one_line_and_keeps_the_run(setup, capsys)
 def test_the_final_miou_says_when_it_covers_part_of_val(setup, capsys):
     _, cfg, last, _ = setup
     assert main(["train", str(cfg), "--overwrite", "--set", "train.max_val_images=1"]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1].endswith(
+    printed = capsys.readouterr()
+    assert printed.out.strip().splitlines()[-1].endswith(
         f" over 1 validation images (train.max_val_images=1; sparseg eval {last.parent / 'best.pt'} scores the "
         "whole list)")
+    evaluations = [line for line in printed.err.splitlines() if ": val mIoU " in line]  # iterations 2 and 4
+    assert len(evaluations) == 2 and all(line.endswith(" (first 1 of 2 val images)") for line in evaluations)
+    assert main(["train", str(cfg), "--overwrite", "--set", "train.max_val_images=2"]) == 0
+    assert "val images)" not in capsys.readouterr().err  # the whole of val

@@ -432,7 +432,9 @@ class Trainer:
             self.logger.log(self.iteration, "val", values)
             self.logger.message(
                 f"iter {self.iteration}: {'probe' if self.method.evaluation == 'linear_probe' else 'val'} mIoU "
-                + ", ".join(f"{k} {r.miou:.2f}" for k, r in results.items()),
+                + ", ".join(f"{k} {r.miou:.2f}" for k, r in results.items())
+                + (f" (first {cap} of {len(self.val_dataset)} val images)"
+                   if (cap := self.cfg.train.max_val_images) and cap < len(self.val_dataset) else ""),
                 to_file=False,  # train.log has the record logged just above
             )
             if primary.miou > self.best_miou:
