@@ -12,7 +12,7 @@ from torch import nn
 
 from sparseg.config import Config, apply_overrides, config_from_dict, override_keys, override_origin
 from sparseg.config import load_config as load_config_file
-from sparseg.engine.checkpoint import CheckpointError, load_checkpoint, load_module_state
+from sparseg.engine.checkpoint import CheckpointError, load_checkpoint, load_module_state, stored_config
 from sparseg.methods import build_method, method_config, method_schema
 
 
@@ -35,7 +35,7 @@ class Trained(NamedTuple):
 def load_trained(checkpoint: str | Path, overrides: list[str], model_name: str | None = None) -> Trained:
     """Rebuild the config, method and chosen model stored in a checkpoint (``model.*`` keys cannot be overridden)."""
     state = load_checkpoint(checkpoint)
-    trained = config_from_dict(state["config"], method_config=method_config)
+    trained = stored_config(state, checkpoint, method_config)
     cfg = config_from_dict(apply_overrides(copy.deepcopy(state["config"]), overrides, method_schema),
                            override_origin(overrides), method_config)
     if cfg.model != trained.model:

@@ -342,3 +342,18 @@ def test_the_final_miou_says_when_it_covers_part_of_val(setup, capsys):
     assert len(evaluations) == 2 and all(line.endswith(" (first 1 of 2 val images)") for line in evaluations)
     assert main(["train", str(cfg), "--overwrite", "--set", "train.max_val_images=2"]) == 0
     assert "val images)" not in capsys.readouterr().err  # the whole of val
+
+
+def test_resume_of_a_checkpoint_whose_stored_config_no_longer_validates_names_the_checkpoint(setup, capsys):
+    from sparseg.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    _, cfg, last, _ = setup
+    state = load_checkpoint(last)
+    state["config"]["train"]["retired_key"] = 1  # a key of an older sparseg
+    save_checkpoint(last, state)
+    capsys.readouterr()
+    assert main(["train", str(cfg), "--resume"]) == 2
+    err = one_error(capsys)
+    assert f"{last} (the config stored in the checkpoint): unknown config key 'train.retired_key'" in err
+    assert main(["eval", str(last)]) == 2  # the checkpoint's other readers say the same
+    assert f"{last} (the config stored in the checkpoint): unknown config key 'train.retired_key'" in one_error(capsys)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sparseg.config import Config, MethodValidator, config_from_dict
 from sparseg.serialization import safe_torch_load, write_atomic
 
 FORMAT_VERSION = 2  # 2: tensors and plain data only (1 also held numpy's RNG state as an array)
@@ -62,6 +63,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if state["format_version"] > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer sparseg (format {state['format_version']})")
     return state
+
+
+def stored_config(state: dict[str, Any], path: str | Path, method_config: MethodValidator | None = None) -> Config:
+    """The config a checkpoint's run was trained with; a stored key that no longer validates (renamed or
+    retired since) is named as coming from the checkpoint ``path``."""
+    return config_from_dict(state["config"], lambda key: f"{path} (the config stored in the checkpoint)",
+                            method_config)
 
 
 def load_module_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:

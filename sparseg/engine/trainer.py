@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from sparseg.config import RESUME_FREE_KEYS, Config, ConfigError, config_changes, config_from_dict, dump_config
+from sparseg.config import RESUME_FREE_KEYS, Config, ConfigError, config_changes, dump_config
 from sparseg.data import (
     EvalTransform,
     SegmentationDataset,
@@ -25,7 +25,13 @@ from sparseg.data import (
     create_dataset_spec,
     shard_indices,
 )
-from sparseg.engine.checkpoint import CheckpointError, load_checkpoint, load_module_state, save_checkpoint
+from sparseg.engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_module_state,
+    save_checkpoint,
+    stored_config,
+)
 from sparseg.engine.distributed import (
     DistInfo,
     init_distributed,
@@ -470,7 +476,7 @@ class Trainer:
             raise CheckpointError(
                 f"{path} was written for {state['total_iters']} iterations but this run has {self.total_iters}"
             )
-        self.config_changes = config_changes(config_from_dict(saved), self.cfg, method_config)
+        self.config_changes = config_changes(stored_config(state, path), self.cfg, method_config)
         refused = {k: v for k, v in self.config_changes.items() if k not in RESUME_FREE_KEYS}
         if refused and not self.allow_config_change:
             raise ConfigError(
