@@ -314,6 +314,9 @@ class Trainer:
             + (f" x {self.global_batch}/{cfg.optim.reference_batch})" if cfg.optim.reference_batch else ")")
             + f", device {self.device}, {self.dist.world_size} process(es)"
         )
+        weights = ", ".join(f"{name} {weight:g}" for name, weight in self.method.loss_weights().items())
+        self.logger.message(f"loss = Σ weight · term (logged terms are unweighted); weights: {weights or 'all'}"
+                            + (", others 1" if weights else " 1"))
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             import yaml

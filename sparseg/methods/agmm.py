@@ -268,10 +268,10 @@ class AGMM(PartialCE):
 
     Config = AGMMConfig
 
-    def loss_terms(self, out, logits, labeled):
+    def sparse_terms(self, out, logits, labeled):
         if "tags" not in labeled:
             raise ConfigError("method 'agmm' needs sparse labels with image tags: set data.label_format: sparse")
-        terms = super().loss_terms(out, logits, labeled)
+        terms = super().sparse_terms(out, logits, labeled)
         with torch.autocast(logits.device.type, enabled=False):  # fp32: 1 − P loses precision in fp16 (trap 11)
             terms.update(agmm_terms(logits.float(), out["fts"].float(), labeled["mask"], labeled["tags"].float(),
                                     self.cfg))

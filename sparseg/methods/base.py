@@ -43,6 +43,11 @@ class MethodContext:
     class_prior: torch.Tensor | None = None  # pixel count of each class in the labeled list (wants_class_prior)
 
 
+def total_loss(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """L = Σ_n w_n · L_n over the named unweighted terms, in their order; a term without a weight weighs 1."""
+    return sum(weights.get(name, 1.0) * value for name, value in terms.items())
+
+
 def step_generator(seed: int, iteration: int, purpose: str, index: int = 0) -> torch.Generator:
     """A CPU generator for one (seed, iteration, purpose, index): per-step randomness without hidden state."""
     words = [seed, iteration, zlib.crc32(purpose.encode()), index]
@@ -52,7 +57,8 @@ def step_generator(seed: int, iteration: int, purpose: str, index: int = 0) -> t
 
 
 class Method(nn.Module):
-    """A training method. Subclasses set ``Config`` and ``streams`` and implement ``forward``.
+    """A training method. Subclasses set ``Config`` and ``streams`` and implement ``loss_terms`` (and
+    ``loss_weights`` when a term weighs other than 1); ``forward`` forms the total from both.
 
     The method owns the student (``self.model``) and any extra state (teacher, memory banks);
     ``state_dict()`` therefore holds everything needed to resume.
@@ -88,8 +94,17 @@ class Method(nn.Module):
         return {**groups, "head": groups["head"] + [p for p in self.parameters() if id(p) not in in_model]}
 
     def forward(self, batch: dict[str, dict[str, torch.Tensor]], step: Step) -> dict[str, torch.Tensor]:
-        """Return named losses; ``loss`` is the total that is back-propagated."""
+        """``{"loss": total_loss(terms, weights), **terms}``: the total is back-propagated, the terms logged."""
+        terms = self.loss_terms(batch, step)
+        return {"loss": total_loss(terms, self.loss_weights()), **terms}
+
+    def loss_terms(self, batch: dict[str, dict[str, torch.Tensor]], step: Step) -> dict[str, torch.Tensor]:
+        """The step's named loss terms, unweighted, each a 0-dim tensor in the graph."""
         raise NotImplementedError
+
+    def loss_weights(self) -> dict[str, float]:
+        """Weight of each term in the total (a term not listed weighs 1)."""
+        return {}
 
     def after_optimizer_step(self, step: Step) -> None:
         """Update state that must not see the current step's loss (EMA teacher, memory banks)."""

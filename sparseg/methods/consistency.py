@@ -194,7 +194,15 @@ class ConsistencyMethod(Method):
             logits = self.alignment(logits, small_valid)
         return PseudoLabels.from_logits(logits, valid, self.plugin is not None)
 
-    def forward(self, batch, step: Step):
+    def loss_weights(self) -> dict[str, float]:
+        """½ [L_x + Σ_s w_s L_u^s + w_fp L_fp + plug-in terms] as one weight per term (depmatch.md §6)."""
+        weights = {"sup": 0.5, "aux": 0.5 * self.labeled_cfg.aux_weight, "fp": 0.5 * self.fp_weight}
+        weights.update({f"unsup_s{v}": 0.5 * self.view_weight for v in range(1, self.num_views + 1)})
+        if self.plugin is not None:
+            weights.update(dict.fromkeys(self.plugin.terms, 0.5))
+        return weights
+
+    def loss_terms(self, batch, step: Step):
         labeled, unlabeled = batch["labeled"], batch["unlabeled"]
         x_u, valid_u = unlabeled["image"], unlabeled["valid"]
         partner = self.partner(len(x_u), x_u.device)
@@ -204,12 +212,10 @@ class ConsistencyMethod(Method):
         weak = self.pseudo_labels(out.weak if teacher_logits is None else teacher_logits, valid_u)
 
         terms = supervised_loss(self.labeled_cfg, out.labeled, labeled["mask"])
-        bracket = sum(terms.values())
         plugin_views = []
         for v, ((_, boxes), student) in enumerate(zip(views, out.strong), start=1):
             target = weak.mixed(boxes, partner)
             terms[f"unsup_s{v}"] = unsup_cross_entropy(student["pred"], target, self.cfg.threshold)
-            bracket = bracket + self.view_weight * terms[f"unsup_s{v}"]
             if self.plugin is not None:
                 depth = {k: cutmix(unlabeled[k], boxes, partner) for k in ("depth", "depth_valid") if k in unlabeled}
                 plugin_views.append(StrongView(
@@ -219,16 +225,13 @@ class ConsistencyMethod(Method):
                 ))
         if out.fp is not None:
             terms["fp"] = unsup_cross_entropy(out.fp, weak, self.cfg.threshold)
-            bracket = bracket + self.fp_weight * terms["fp"]
         if self.plugin is not None:
-            plugin_terms = self.plugin(plugin_views, step)  # already weighted by λ and w_s (§6)
-            terms.update(plugin_terms)
-            bracket = bracket + sum(plugin_terms.values())
+            terms.update(self.plugin(plugin_views, step))  # sums over the views, weighted by λ and w_s inside (§6)
         confident = (weak.conf >= self.cfg.threshold) & weak.valid
         self._logs["mask_ratio"] = confident.sum() / weak.valid.sum().clamp_min(1)
         self.class_shares.count("pseudo_label_share", weak.label.masked_fill(~confident, IGNORE))
         self.class_shares.count("label_share", labeled["mask"])
-        return {"loss": 0.5 * bracket, **terms}
+        return terms
 
     def after_optimizer_step(self, step: Step) -> None:
         """EMA teacher: θ_T ← α θ_T + (1 − α) θ_S, parameters and buffers, α = min(1 − 1/(t+1), cap)."""

@@ -41,13 +41,13 @@ class PartialCEConfig(MethodConfig):
 
 @register_method("partial_ce")
 class PartialCE(Method):
-    """pCE on sparse labels. Subclasses add terms through ``loss_terms`` and ``loss_weights``."""
+    """pCE on sparse labels. Subclasses add terms through ``sparse_terms`` and ``loss_weights``."""
 
     Config = PartialCEConfig
     label_kind: ClassVar[str] = "points"  # the demo trains on points synthesised from its dense masks
     demo_overrides: ClassVar[dict[str, Any]] = {"iters": 300}
 
-    def forward(self, batch, step: Step):
+    def loss_terms(self, batch, step: Step):
         labeled = batch["labeled"]
         image = labeled["image"]
         if self.cfg.photometric:  # per (seed, iteration, rank): resumable, different on every process
@@ -55,15 +55,8 @@ class PartialCE(Method):
                                                                 self.context.rank))
         out = self.model(image)
         logits = upsample(out["pred"], labeled["mask"].shape[-2:])  # S x S: P of agmm.md §5
-        terms = self.loss_terms(out, logits, labeled)
-        weights = self.loss_weights()
-        total = sum(weights.get(name, 1.0) * value for name, value in terms.items())
-        return {"loss": total, **terms}
+        return self.sparse_terms(out, logits, labeled)
 
-    def loss_terms(self, out: dict[str, Tensor], logits: Tensor, labeled: dict[str, Tensor]) -> dict[str, Tensor]:
+    def sparse_terms(self, out: dict[str, Tensor], logits: Tensor, labeled: dict[str, Tensor]) -> dict[str, Tensor]:
         """Unweighted loss terms from model outputs, S x S logits and the labeled batch."""
         return {"pce": partial_cross_entropy(logits, labeled["mask"])}
-
-    def loss_weights(self) -> dict[str, float]:
-        """Weight of each term in the total (terms not listed weigh 1)."""
-        return {}

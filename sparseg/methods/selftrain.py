@@ -197,15 +197,14 @@ class SelfTrain(Method):
             return self.teacher(images.float() if fp32 else images)
 
     def loss_weights(self) -> dict[str, float]:
-        """Weight of each named term in the total (terms not listed weigh 1)."""
-        return {"unsup": self.cfg.unsup_weight}
+        return {"aux": self.cfg.aux_weight, "unsup": self.cfg.unsup_weight}
 
     def extra_terms(self, outputs: StepOutputs) -> dict[str, Tensor]:
         """Further loss terms of subclasses (dgcl: the contrast)."""
         return {}
 
     # ----------------------------------------------------------------- step
-    def forward(self, batch, step: Step):
+    def loss_terms(self, batch, step: Step):
         labeled, unlabeled = batch["labeled"], batch["unlabeled"]
         groups = split_groups(
             len(labeled["image"]), len(unlabeled["image"]), self.cfg.filter_group_size,
@@ -221,9 +220,7 @@ class SelfTrain(Method):
             student_l = {k: v[:n_labeled] for k, v in outputs.student.items() if k in ("pred", "aux")}
             terms = {**self.supervised_terms(student_l, labeled["mask"], groups), "unsup": unsup}
         terms.update(self.extra_terms(outputs))
-        weights = self.loss_weights()
-        total = sum(weights.get(name, 1.0) * value for name, value in terms.items())
-        return {"loss": total, **terms}
+        return terms
 
     def _warmup_step(self, labeled, unlabeled, groups, step) -> StepOutputs:
         """e < e0: the student on x_l; the teacher forwards x_l in train mode for its BN statistics only."""

@@ -20,7 +20,8 @@ class SupervisedConfig(MethodConfig):
 
 
 def supervised_loss(cfg: SupervisedConfig, out: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """L_sup on the model outputs for labeled images (dgcl.md §2), with the aux term when present."""
+    """L_sup on the model outputs for labeled images (dgcl.md §2), with the aux term when present (unweighted:
+    its weight is ``cfg.aux_weight``)."""
 
     def loss_fn(logits: torch.Tensor) -> torch.Tensor:
         if cfg.loss == "ohem":
@@ -29,7 +30,7 @@ def supervised_loss(cfg: SupervisedConfig, out: dict[str, torch.Tensor], mask: t
 
     terms = {"sup": loss_fn(out["pred"])}
     if "aux" in out:
-        terms["aux"] = cfg.aux_weight * loss_fn(out["aux"])
+        terms["aux"] = loss_fn(out["aux"])
     return terms
 
 
@@ -37,7 +38,9 @@ def supervised_loss(cfg: SupervisedConfig, out: dict[str, torch.Tensor], mask: t
 class Supervised(Method):
     Config = SupervisedConfig
 
-    def forward(self, batch, step: Step):
+    def loss_terms(self, batch, step: Step):
         labeled = batch["labeled"]
-        terms = supervised_loss(self.cfg, self.model(labeled["image"]), labeled["mask"])
-        return {"loss": sum(terms.values()), **terms}
+        return supervised_loss(self.cfg, self.model(labeled["image"]), labeled["mask"])
+
+    def loss_weights(self) -> dict[str, float]:
+        return {"aux": self.cfg.aux_weight}

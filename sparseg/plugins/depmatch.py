@@ -17,7 +17,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -249,6 +249,8 @@ class _GridView:
 
 class DepMatch(nn.Module):
     """CDDP + ULDR on a list of strong views (depmatch.md §4-§6). No learnable parameters."""
+
+    terms: ClassVar[tuple[str, ...]] = ("cddp", "uldr")  # the names ``forward`` returns
 
     def __init__(self, cfg: DepMatchConfig | dict[str, Any], num_classes: int, seed: int = 0,
                  estimator: Callable[[Tensor], Tensor] | None = None) -> None:

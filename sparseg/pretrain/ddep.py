@@ -49,7 +49,7 @@ class DDeP(PretrainingMethod):
         super().__init__(model, cfg, context)
         self.head = GridHead(self.fts_channels, 3, 1 if cfg.noise_grid == "features" else self.stride)
 
-    def forward(self, batch: dict[str, dict[str, Tensor]], step: Step) -> dict[str, Tensor]:
+    def loss_terms(self, batch: dict[str, dict[str, Tensor]], step: Step) -> dict[str, Tensor]:
         images = batch["unlabeled"]["image"]
         valid = batch["unlabeled"]["valid"].float()
         generator = step_generator(self.context.seed, step.iteration, "ddep", self.context.rank)
@@ -64,5 +64,4 @@ class DDeP(PretrainingMethod):
         predicted = self.head(fts, grid)
         self.spread = float(embedding_spread(fts, generator, self.cfg.monitor_pixels))
         cell_valid = F.interpolate(valid[:, None], size=grid, mode="nearest")[:, 0]
-        loss = weighted_mse(predicted, noise, cell_valid)  # L = ‖ε̂ − ε‖² over valid cells (§1)
-        return {"loss": loss, "denoise": loss.detach()}
+        return {"denoise": weighted_mse(predicted, noise, cell_valid)}  # L = ‖ε̂ − ε‖² over valid cells (§1)

@@ -58,7 +58,7 @@ class MaskedImageModelling(PretrainingMethod):
         self.head = GridHead(self.fts_channels, 3, self.stride)
         self.register_buffer("fill", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, batch: dict[str, dict[str, Tensor]], step: Step) -> dict[str, Tensor]:
+    def loss_terms(self, batch: dict[str, dict[str, Tensor]], step: Step) -> dict[str, Tensor]:
         images = batch["unlabeled"]["image"]
         valid = batch["unlabeled"]["valid"]
         generator = step_generator(self.context.seed, step.iteration, "mim", self.context.rank)
@@ -69,5 +69,4 @@ class MaskedImageModelling(PretrainingMethod):
         predicted = self.head(fts, (h, w))
         target = normalised_targets(images, self.cfg.patch) if self.cfg.norm_targets else images
         self.spread = float(embedding_spread(fts, generator, self.cfg.monitor_pixels))
-        loss = weighted_mse(predicted, target, (masked & valid).float())  # masked pixels only
-        return {"loss": loss, "reconstruct": loss.detach()}
+        return {"reconstruct": weighted_mse(predicted, target, (masked & valid).float())}  # masked pixels only

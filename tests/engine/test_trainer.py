@@ -108,6 +108,13 @@ def test_resume_refuses_config_edits_unless_allowed_and_records_them(tiny_config
     ] and entries[1]["iteration"] == 2
 
 
+def test_train_log_states_the_loss_weights(tiny_config):
+    cfg = tiny_config(iters=1, eval_every=0)
+    Trainer(cfg).fit()
+    log = (Path(cfg.out) / "train.log").read_text()
+    assert "loss = Σ weight · term (logged terms are unweighted); weights: aux 0.4, others 1" in log
+
+
 def test_ctrl_c_writes_curves_and_says_interrupted_in_train_log(tiny_config, monkeypatch):
     cfg = tiny_config(iters=6)
     step = Trainer._train_step

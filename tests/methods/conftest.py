@@ -54,6 +54,7 @@ class RecordingPlugin:
     """Stands in for ``sparseg.plugins.depmatch.DepMatch``: records its views, returns one term c."""
 
     instances: ClassVar[list["RecordingPlugin"]] = []
+    terms = ("depmatch_term",)
     cddp_feature = "undropped"
 
     def __init__(self, options, num_classes, seed):
