@@ -467,7 +467,7 @@ def build_dataset(cfg: DataConfig, list_key: str, labeled: bool, transform) -> S
     """Dataset for the split list ``cfg.<list_key>`` (e.g. ``"labeled_list"``) under ``cfg.root``, its files
     checked from their headers (``SegmentationDataset.check_files``)."""
     spec = create_dataset_spec(cfg)
-    entries = read_split(resolve_list(cfg, list_key), cfg.root, spec, labeled=labeled)
+    entries = read_split(resolve_list(cfg, list_key), cfg.root, spec, labeled=labeled, root_key="data.root")
     sparse = cfg.label_format == "sparse" and labeled and list_key != "val_list"  # val masks stay dense
     depth = None
     if cfg.depth_dir is not None and list_key != "val_list":  # training lists only: evaluation needs no depth

@@ -11,6 +11,7 @@ Paths are relative to the data root. A folder in place of a list stands for ever
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,9 +55,12 @@ class _Line:
     entry: SplitEntry
 
 
-def read_split(list_path: str | Path, root: str | Path, spec: PathRules, labeled: bool) -> list[SplitEntry]:
-    """Entries of a split list; labeled lists must name existing masks, unlabeled ones may not (mask None)."""
-    return [line.entry for line in _read_lines(Path(list_path), Path(root), spec, labeled)]
+def read_split(list_path: str | Path, root: str | Path, spec: PathRules, labeled: bool,
+               root_key: str = "--root") -> list[SplitEntry]:
+    """Entries of a split list; labeled lists must name existing masks, unlabeled ones may not (mask None).
+    ``root_key`` is the setting that gave ``root`` (``data.root``), named when the list's files are found
+    elsewhere."""
+    return [line.entry for line in _read_lines(Path(list_path), Path(root), spec, labeled, root_key)]
 
 
 def check_disjoint(labeled: Sequence[SplitEntry], unlabeled: Sequence[SplitEntry]) -> None:
@@ -123,7 +127,7 @@ def _labeled_count(labeled: str, n: int) -> int:
     return count
 
 
-def _read_lines(list_path: Path, root: Path, spec: PathRules, labeled: bool) -> list[_Line]:
+def _read_lines(list_path: Path, root: Path, spec: PathRules, labeled: bool, root_key: str = "--root") -> list[_Line]:
     if list_path.is_dir():
         return _folder_lines(list_path, root, spec, labeled)
     try:
@@ -139,7 +143,10 @@ def _read_lines(list_path: Path, root: Path, spec: PathRules, labeled: bool) -> 
         if not stripped:
             continue
         where = f"{list_path}:{lineno}"
-        line = _parse_line(stripped, lineno, where, root, spec, labeled)
+        try:
+            line = _parse_line(stripped, lineno, where, root, spec, labeled)
+        except SplitError as err:
+            raise SplitError(f"{err}{_root_hint(list_path, root, stripped, spec, labeled, root_key)}") from None
         if lines and line.kind != lines[0].kind:
             raise SplitError(
                 f"{where}: {_KIND_NAMES[line.kind]} line in a list of {_KIND_NAMES[lines[0].kind]} lines "
@@ -162,6 +169,26 @@ def image_files(folder: Path) -> list[Path]:
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
         and not any(part.startswith(".") for part in path.relative_to(folder).parts)
     )
+
+
+def _root_hint(list_path: Path, root: Path, text: str, spec: PathRules, labeled: bool, root_key: str) -> str:
+    """Where a list line that does not resolve under ``root`` does: under the list's own folder, or under the
+    root that a ``manifest.json`` beside the list names (``sparsify`` and ``annotate`` write one); '' if neither."""
+    others = {list_path.parent: "the list's folder"}
+    manifest = list_path.parent / "manifest.json"
+    try:
+        others.setdefault(Path(json.loads(manifest.read_text(encoding="utf-8"))["root"]), f"the root {manifest} names")
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no manifest, or not one of ours
+    for other, what in others.items():
+        if other.resolve() == root.resolve():
+            continue
+        try:
+            _parse_line(text, 0, "", other, spec, labeled)
+        except SplitError:
+            continue
+        return f"; it is found under {other} ({what}): set {root_key} to {other}"
+    return ""
 
 
 def _folder_lines(folder: Path, root: Path, spec: PathRules, labeled: bool) -> list[_Line]:

@@ -219,3 +219,29 @@ def test_image_names_with_spaces_in_a_folder_list_and_its_splits(tmp_path: Path)
         read_split(write(tmp_path / "l.txt", "images/a b.png masks/a b.png\n"), tmp_path, folder, labeled=True)
     tabbed = write(tmp_path / "t.txt", "images/a b.png\tmasks/a b.png\n")
     assert read_split(tabbed, tmp_path, folder, labeled=True) == entries[:1]
+
+
+def test_a_list_not_found_under_the_root_names_where_it_is_found_and_the_key_to_set(tmp_path: Path):
+    import json
+
+    from sparseg.data import build_dataset
+
+    data, wrong, labels = tmp_path / "data", tmp_path / "wrong", tmp_path / "labels"
+    touch(data, "img/a.png", "ann/a.png")
+    wrong.mkdir()
+    lst = write(data / "train.txt", "img/a.png ann/a.png\n")
+    cfg = DataConfig(dataset="folder", num_classes=2, root=str(wrong), train_list=str(lst))
+    with pytest.raises(SplitError) as err:  # the paths are relative to the list's own folder
+        build_dataset(cfg, "train_list", labeled=True, transform=None)
+    assert str(err.value) == (f"{lst}:1: image not found: {wrong / 'img/a.png'}; it is found under {data} "
+                              f"(the list's folder): set data.root to {data}")
+    # labels written outside the data root (sparsify, annotate): the manifest beside the list names the root
+    labels.mkdir()
+    other = write(labels / "train.txt", "img/a.png ann/a.png\n")
+    (labels / "manifest.json").write_text(json.dumps({"root": str(data)}))
+    with pytest.raises(SplitError, match=f"; it is found under {data} \\(the root {labels / 'manifest.json'} "
+                                         f"names\\): set --root to {data}$"):
+        read_split(other, wrong, spec("folder", num_classes=2), labeled=True)
+    (labels / "manifest.json").unlink()
+    with pytest.raises(SplitError, match=f"image not found: {wrong / 'img/a.png'}$"):  # found nowhere: no hint
+        read_split(other, wrong, spec("folder", num_classes=2), labeled=True)
