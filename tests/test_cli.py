@@ -17,7 +17,7 @@ def data_root(tmp_path_factory):
     return make_synthetic_dataset(tmp_path_factory.mktemp("data"), n_train=12, n_val=3, size=32, seed=0)
 
 
-def write_config(tmp_path, root, iters=4):
+def write_config(tmp_path, root, iters=4, train=""):
     tmp_path.mkdir(exist_ok=True)
     path = tmp_path / "cfg.yaml"
     path.write_text(f"""
@@ -26,7 +26,7 @@ data: {{dataset: synthetic, root: {root}, train_list: train.txt, val_list: val.t
         crop_size: 32, batch_size: 4, workers: 0}}
 model: {{encoder: resnet18, stem: plain, width: 8, output_stride: 16, decoder_channels: 16}}
 optim: {{base_lr: 0.01}}
-train: {{iters: {iters}, eval_every: 2, log_every: 1, device: cpu}}
+train: {{iters: {iters}, eval_every: 2, log_every: 1, device: cpu{train}}}
 """)
     return path
 
@@ -68,15 +68,17 @@ def test_train_resume_eval_predict(tmp_path, data_root, capsys):
     assert (tmp_path / "pred" / f"{first.name}.overlay.jpg").exists()
 
 
-def test_resume_is_exact(tmp_path, data_root):
-    """4 iterations straight == 2 iterations, a checkpoint, a new process state, 2 more."""
+@pytest.mark.parametrize("precision", ["", ", amp: bf16, channels_last: true"], ids=["fp32", "bf16-channels-last"])
+def test_resume_is_exact(tmp_path, data_root, precision):
+    """4 iterations straight == 2 iterations, a checkpoint, a new process state, 2 more (bit-identical on CPU,
+    also under the CamVid recipes' bf16 autocast and channels_last)."""
     from sparseg.config import load_config
     from sparseg.engine.trainer import Trainer
 
-    straight = write_config(tmp_path / "a", data_root)
+    straight = write_config(tmp_path / "a", data_root, train=precision)
     assert main(["train", str(straight)]) == 0
 
-    interrupted = write_config(tmp_path / "b", data_root)
+    interrupted = write_config(tmp_path / "b", data_root, train=precision)
     trainer = Trainer(load_config(interrupted), quiet=True)
     batches = trainer._batches(0, 0)
     for _ in range(2):

@@ -266,8 +266,8 @@ def class_contrast(
 
 
 def _graph_zero(tensor: Tensor) -> Tensor:
-    """0 (never −0) connected to ``tensor``'s graph, so DDP sees its parameters used."""
-    return tensor.sum().abs() * 0.0
+    """0 (never −0, float32 like every loss term) connected to ``tensor``'s graph, so DDP sees its parameters used."""
+    return tensor.float().sum().abs() * 0.0
 
 
 def _flatten(maps: Tensor) -> Tensor:
