@@ -61,9 +61,9 @@ DEMO_RECIPES = {
 
 def recipe_kind(cls: type) -> str:
     """The DEMO_RECIPES key of a method class."""
-    if getattr(cls, "pretraining", False):
+    if cls.pretraining:
         return "pretrain"
-    if getattr(cls, "label_kind", None) is not None:
+    if cls.label_kind is not None:
         return "sparse"
     return "semi" if "unlabeled" in cls.streams else "dense"
 
@@ -157,7 +157,7 @@ def run_demo(method: str = "supervised", out: Path = Path("runs/demo"), iters: i
     recipe = DEMO_RECIPES[recipe_kind(cls)]
     root = demo_data(recipe.images)
     print(f"demo: {torch.get_num_threads()} CPU thread(s); results are reproducible per seed and thread count")
-    overrides = _merge(copy.deepcopy(recipe.config), copy.deepcopy(getattr(cls, "demo_overrides", {})))
+    overrides = _merge(copy.deepcopy(recipe.config), copy.deepcopy(cls.demo_overrides))
     _merge(overrides, copy.deepcopy(DEMO_PLUGINS.get(plugin, {})))
     method_iters = overrides.pop("iters", recipe.iters)  # popped even with --iters: not a config key
     n_iters = iters or method_iters

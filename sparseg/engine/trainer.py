@@ -43,11 +43,9 @@ from sparseg.engine.distributed import (
 from sparseg.engine.logger import RunLogger, plot_curves
 from sparseg.engine.optim import build_optimizer, poly_factor, scaled_lr, set_lr
 from sparseg.engine.rundir import RunDirError, RunLock, check_run_dir, claim_run_dir, record_config_changes
-from sparseg.eval import EvalResult, evaluate
-from sparseg.eval.probe import linear_probe
+from sparseg.eval import EvalResult
 from sparseg.methods import build_method, method_class, method_config
-from sparseg.methods.base import Method, Step
-from sparseg.models.weights import pretrained_file
+from sparseg.methods.base import EvalRequest, Method, Step
 
 
 class TrainingError(RuntimeError):
@@ -376,17 +374,10 @@ class Trainer:
         n = len(self.val_dataset)
         if self.cfg.train.max_val_images:
             n = min(n, self.cfg.train.max_val_images)
-        indices = shard_indices(n, self.dist.rank, self.dist.world_size)
+        request = EvalRequest(self.cfg.eval, self.device, shard_indices(n, self.dist.rank, self.dist.world_size), n,
+                              self.spec.class_names, self.cfg.seed)
         for name, model in self.method.eval_models().items():
-            if self.method.evaluation == "linear_probe":  # pretraining: every process probes the whole list
-                results[name] = linear_probe(model, self.val_dataset, self.num_classes, self.device,
-                                             class_names=self.spec.class_names, max_images=n, seed=self.cfg.seed,
-                                             scale=self.cfg.eval.scales[0])
-            else:
-                results[name] = evaluate(
-                    model, self.val_dataset, self.cfg.eval, self.num_classes, self.device,
-                    indices=indices, class_names=self.spec.class_names,
-                )
+            results[name] = self.method.evaluate(model, self.val_dataset, request)
         self.method.train()
         return results
 
@@ -429,9 +420,8 @@ class Trainer:
         if self.dist.is_main:
             state = self._state(rng)
             save_checkpoint(self.out_dir / "last.pt", state)
-            if self.method.pretraining:  # what model.pretrained loads (docs/methods/pretrain.md)
-                save_checkpoint(self.out_dir / "pretrained.pt",
-                                pretrained_file(self.method.model, state["config"], self.iteration))
+            for name, content in self.method.checkpoint_files(state).items():
+                save_checkpoint(self.out_dir / name, content)
         primary = None
         if self.val_dataset is not None:
             results = self.evaluate()
@@ -440,7 +430,7 @@ class Trainer:
             values = {"miou": primary.miou, **{f"{k}_miou": r.miou for k, r in results.items()}}
             self.logger.log(self.iteration, "val", values)
             self.logger.message(
-                f"iter {self.iteration}: {'probe' if self.method.evaluation == 'linear_probe' else 'val'} mIoU "
+                f"iter {self.iteration}: {self.method.score_name} mIoU "
                 + ", ".join(f"{k} {r.miou:.2f}" for k, r in results.items())
                 + (f" (first {cap} of {len(self.val_dataset)} val images)"
                    if (cap := self.cfg.train.max_val_images) and cap < len(self.val_dataset) else ""),

@@ -11,6 +11,9 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from sparseg.config import EvalConfig
+from sparseg.eval import EvalResult, evaluate
+
 
 class MethodConfig(BaseModel):
     """Base of every method's own config section (`method:` in the YAML)."""
@@ -30,6 +33,18 @@ class Step:
     @property
     def total_epochs(self) -> int:
         return -(-self.total_iters // self.iters_per_epoch)
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """What the trainer's evaluation of one model on the val list may use."""
+
+    cfg: EvalConfig
+    device: torch.device
+    indices: list[int]  # this process's share of the first ``max_images`` images
+    max_images: int
+    class_names: tuple[str, ...] | list[str] | None = None
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -68,8 +83,9 @@ class Method(nn.Module):
     streams: ClassVar[tuple[str, ...]] = ("labeled",)
     label_kind: ClassVar[str | None] = None  # set by methods that train from sparse labels (points, ...)
     pretraining: ClassVar[bool] = False  # self-supervised pretraining (`sparseg pretrain`), no class labels
-    evaluation: ClassVar[str] = "segmentation"  # or "linear_probe": score frozen features (sparseg.eval.probe)
+    score_name: ClassVar[str] = "val"  # what ``evaluate`` measures, in the log: "val mIoU", "probe mIoU"
     unused_parameters: ClassVar[bool] = False  # some model parameters get no gradient (DDP must be told)
+    demo_overrides: ClassVar[dict[str, Any]] = {}  # `sparseg demo`: config keys (and `iters`) on its recipe
 
     @classmethod
     def wants_class_prior(cls, cfg: MethodConfig) -> bool:
@@ -115,4 +131,13 @@ class Method(nn.Module):
 
     def extra_logs(self) -> dict[str, Any]:
         """Scalars worth logging besides the losses (e.g. thresholds, memory fill)."""
+        return {}
+
+    def evaluate(self, model: nn.Module, dataset, request: EvalRequest) -> EvalResult:
+        """The trainer's score of ``model`` (one of ``eval_models``): segmentation mIoU on this process's share."""
+        return evaluate(model, dataset, request.cfg, self.num_classes, request.device, indices=request.indices,
+                        class_names=request.class_names)
+
+    def checkpoint_files(self, state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Files the trainer writes beside ``last.pt`` at every checkpoint (name -> content), from its ``state``."""
         return {}

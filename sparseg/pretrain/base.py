@@ -10,8 +10,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from sparseg.methods.base import Method, MethodConfig, MethodContext
+from sparseg.eval import EvalResult
+from sparseg.eval.probe import linear_probe
+from sparseg.methods.base import EvalRequest, Method, MethodConfig, MethodContext
 from sparseg.models import probe_forward
+from sparseg.models.weights import pretrained_file
 
 PROBE_SIZE = 112  # a multiple of 14 and 16: the input used once to find the model's feature grid
 
@@ -51,7 +54,8 @@ class GridHead(nn.Module):
 
 
 class PretrainingMethod(Method):
-    """Base of the pretraining methods: images only, scored by the linear probe, class heads unused.
+    """Base of the pretraining methods: images only, scored by the linear probe, class heads unused, the
+    transferable weights written to ``pretrained.pt`` at every checkpoint.
 
     Sets ``stride`` (input pixels per decoder cell) and ``fts_channels`` from one forward pass; subclasses
     record ``spread`` (``embedding_spread`` of their step's features) for the logs.
@@ -59,7 +63,7 @@ class PretrainingMethod(Method):
 
     streams = ("unlabeled",)
     pretraining = True
-    evaluation = "linear_probe"
+    score_name = "probe"
     unused_parameters = True  # the class heads (classifier, aux) get no gradient while pretraining
 
     def __init__(self, model: nn.Module, cfg: PretrainingConfig, context: MethodContext) -> None:
@@ -71,3 +75,12 @@ class PretrainingMethod(Method):
 
     def extra_logs(self) -> dict[str, float]:
         return {"embed_spread": self.spread}
+
+    def evaluate(self, model: nn.Module, dataset, request: EvalRequest) -> EvalResult:
+        """The linear probe on frozen features (sparseg/eval/probe.py); every process probes the whole list."""
+        return linear_probe(model, dataset, self.num_classes, request.device, class_names=request.class_names,
+                            max_images=request.max_images, seed=request.seed, scale=request.cfg.scales[0])
+
+    def checkpoint_files(self, state):
+        """``pretrained.pt``: what ``model.pretrained`` loads, the model without its task heads (pretrain.md §3)."""
+        return {"pretrained.pt": pretrained_file(self.model, state["config"], state["iteration"])}
