@@ -62,9 +62,8 @@ class ClassMixAlignment(nn.Module):
     """The biases of one method's pseudo-labels; ``forward(logits, valid)`` returns the logits to label with."""
 
     def __init__(self, cfg: PseudoLabelConfig, num_classes: int, prior: Tensor | None) -> None:
+        """``prior``: the labeled class counts (None: π comes from a checkpoint's state, e.g. to evaluate it)."""
         super().__init__()
-        if cfg.align != "none" and prior is None:
-            raise ValueError(f"method.pseudo_label.align={cfg.align} needs the labeled class prior")
         self.cfg = cfg
         prior = torch.zeros(num_classes) if prior is None else prior.float()
         saved = self.active  # with align none the method's checkpoint holds nothing of it
@@ -84,6 +83,8 @@ class ClassMixAlignment(nn.Module):
         hard_share labels with the bias before this step's update; mean_prob with p̄ including this batch."""
         if not self.active:
             return logits
+        if not self.prior.any():
+            raise ValueError(f"method.pseudo_label.align={self.cfg.align} needs the labeled class prior")
         if self.cfg.align == "hard_share":
             biased = logits + self.bias[:, None, None]
             counts = torch.bincount(biased.argmax(1)[valid], minlength=len(self.bias)).float()

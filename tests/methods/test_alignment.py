@@ -6,6 +6,7 @@ import torch.distributed as dist
 from PIL import Image
 import torch.multiprocessing as mp
 
+from sparseg.build import load_trained
 from sparseg.config import ModelConfig
 from sparseg.labels import IGNORE
 from sparseg.methods import create_method, method_class
@@ -85,9 +86,15 @@ def test_classes_absent_from_the_labels_keep_a_zero_bias():
     assert align.bias[2] == 0
 
 
-def test_alignment_needs_a_prior():
+def test_alignment_needs_a_prior_to_label_but_not_to_load():
+    logits, valid = next(logit_stream(1))
     with pytest.raises(ValueError, match="labeled class prior"):
-        aligner(prior=None)
+        aligner(prior=None)(logits, valid)
+    trained = aligner()
+    trained(logits, valid)
+    loaded = aligner(prior=None)  # as `sparseg eval` rebuilds a trained method: π comes with the state
+    loaded.load_state_dict(trained.state_dict())
+    assert torch.equal(loaded(logits, valid), logits + trained.bias[:, None, None])
 
 
 def test_state_resumes_exactly():
@@ -179,3 +186,5 @@ def test_trainer_counts_the_prior_and_resumes_alignment_exactly(assert_resume_is
     assert torch.equal(torch.from_numpy(labeled.class_pixel_counts()).float(), counts)
     assert torch.allclose(trainer.method.alignment.prior, counts / counts.sum())
     assert int(trainer.method.alignment.updates) == 4
+    _, _, model, name = load_trained(str(trainer.out_dir / "last.pt"), [], None)  # what `sparseg eval` does
+    assert name == ("teacher" if method["name"] == "selftrain" else "student")
