@@ -1,14 +1,14 @@
 """DepMatch: depth-guided CDDP and ULDR losses for weak-to-strong consistency methods.
 
-Spec: ``depmatch.md`` (design notes); user guide: ``docs/methods/depmatch.md``. A consistency method builds
+Spec: the design notes ``docs/design/depmatch.md``; user guide: ``docs/methods/depmatch.md``. A consistency method builds
 ``DepMatch(cfg, num_classes, seed)`` and calls it once per step with one ``StrongView`` per strong view:
 
-    terms = depmatch(views, step)   # {"cddp": Σ_s w_s λ_cdp C^s, "uldr": Σ_s w_s λ_ur U^s}   (§6)
+    terms = depmatch(views, step)   # {"cddp": Σ_s w_s λ_cdp C^s, "uldr": Σ_s w_s λ_ur U^s}   (depmatch.md §6)
 
 Both terms are 0-dim tensors attached to the graph (also when nothing is processed) and are added
 inside the method's bracket. All maps are resized by ``to_grid`` onto a grid of ``grid_stride`` input
 pixels per cell; pair terms use at most ``max_pixels`` sampled cells per (image, class), so memory is
-O(P²) per term whatever the crop size (§7.5). Draws come from generators seeded by
+O(P²) per term whatever the crop size (depmatch.md §7.5). Draws come from generators seeded by
 (seed, iteration, view, term): results do not depend on where a run was resumed.
 """
 
