@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Does the unlabeled data pay? One seed of the CamVid 1/8 comparison of docs/methods/alignment.md, from the
+# shared CamVid data only:
+#   OUT/supervised            supervised on the 46 labeled images (configs/camvid/supervised.yaml, 800 iterations)
+#   OUT/supervised_continued  the same model trained 800 more iterations on the same labels
+#   OUT/semi                  the recommended semi-supervised recipe (configs/camvid/selftrain_aligned.yaml)
+#                             started from OUT/supervised/last.pt, 800 iterations
+# Both arms start from the same checkpoint and run the same iterations with the same schedule; the seed sets the
+# data order and dropout of all three. Each run's last.pt is scored on val (OUT/<arm>/val.json) and on the 321
+# held-out training images of splits/1_8/unlabeled.txt with their masks (OUT/<arm>/heldout.json); for the
+# semi arm that is the teacher, the model `sparseg eval` scores by default.
+#
+# Usage: bash benchmarks/camvid_payoff.sh SEED OUT [STAGE]
+#   STAGE: all (default: supervised, then the two arms side by side, then scores), supervised, continued, semi,
+#   score. SEMI_CONFIG and SEMI_SET (extra --set items) change the semi arm, SEMI_NAME its folder, e.g.
+#   SEMI_NAME=selftrain_plain SEMI_SET="method.pseudo_label.align=none" bash benchmarks/camvid_payoff.sh 0 OUT semi
+# One thread per process (two side by side on a 2-core CPU); CAMVID moves the data root.
+set -euo pipefail
+seed=${1:?usage: camvid_payoff.sh SEED OUT [STAGE]}
+out=${2:?usage: camvid_payoff.sh SEED OUT [STAGE]}
+stage=${3:-all}
+root=${CAMVID:-../shared/datasets/camvid}
+semi_config=${SEMI_CONFIG:-configs/camvid/selftrain_aligned.yaml}
+semi_name=${SEMI_NAME:-semi}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+labeled="data.train_list=splits/1_8/labeled.txt"
+start="$out/supervised/last.pt"
+
+supervised() {
+  sparseg train configs/camvid/supervised.yaml --out "$out/supervised" --overwrite \
+    --set seed="$seed" data.root="$root" "$labeled"
+}
+need_start() {
+  [ -f "$start" ] || { echo "camvid_payoff: $start not found: run the supervised stage first" >&2; exit 2; }
+}
+continued() {
+  need_start
+  sparseg train configs/camvid/supervised.yaml --out "$out/supervised_continued" --overwrite \
+    --set seed="$seed" data.root="$root" "$labeled" model.pretrained="$start"
+}
+semi() {
+  need_start
+  # shellcheck disable=SC2086  # SEMI_SET is a list of --set items
+  sparseg train "$semi_config" --out "$out/$semi_name" --overwrite \
+    --set seed="$seed" data.root="$root" model.pretrained="$start" ${SEMI_SET:-}
+}
+score() {
+  for run in "$out"/*/; do
+    run=${run%/}
+    [ -f "$run/last.pt" ] || continue
+    if ! { [ "$run/val.json" -nt "$run/last.pt" ] && [ "$run/heldout.json" -nt "$run/last.pt" ]; }; then
+      sparseg eval "$run/last.pt" --set data.root="$root" --json "$run/val.json" > /dev/null
+      sparseg eval "$run/last.pt" --set data.root="$root" data.val_list=splits/1_8/unlabeled.txt \
+        --json "$run/heldout.json" > /dev/null
+    fi  # scores newer than the checkpoint are kept
+    python - "$run" <<'PY'
+import json, sys
+run = sys.argv[1]
+val, held = (json.load(open(f"{run}/{name}.json"))["miou"] for name in ("val", "heldout"))
+print(f"{run}: val mIoU {val:.2f}, held-out mIoU {held:.2f}")
+PY
+  done
+}
+
+case $stage in
+  all) supervised; continued & arm1=$!; semi & arm2=$!; wait $arm1; wait $arm2; score ;;
+  supervised|continued|semi|score) "$stage" ;;
+  *) echo "camvid_payoff: unknown stage '$stage' (all, supervised, continued, semi, score)" >&2; exit 2 ;;
+esac
