@@ -129,27 +129,45 @@ def _iteration(record: str) -> float:
 
 
 def plot_curves(metrics_path: Path, out_path: Path) -> None:
-    """Plot training loss and validation mIoU from ``metrics.jsonl`` into a PNG."""
+    """Plot training loss and validation mIoU from ``metrics.jsonl`` into a PNG; with per-class pseudo-label
+    shares logged (pseudo-labelling methods), a third panel shows each class's share over the iterations
+    against its labeled share (the class prior when alignment logs one), dashed, in the same colour."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train, val = [], []
+    train, val, shares, target = [], [], [], None
     for line in metrics_path.read_text().splitlines():
         record = json.loads(line)
         if record["split"] == "train" and "loss" in record:
             train.append((record["iter"], record["loss"]))
+            if "pseudo_label_share" in record:
+                shares.append((record["iter"], record["pseudo_label_share"]))
+                target = record.get("class_prior", record.get("label_share", target))
         elif record["split"] == "val" and "miou" in record:
             val.append((record["iter"], record["miou"]))
-    fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 3 if shares else 2, figsize=(15 if shares else 10, 4))
+    ax_loss, ax_miou = axes[:2]
     if train:
         ax_loss.plot(*zip(*train), lw=1)
     ax_loss.set(xlabel="iteration", ylabel="training loss", title="loss")
     if val:
         ax_miou.plot(*zip(*val), marker="o")
     ax_miou.set(xlabel="iteration", ylabel="mIoU (%)", title="validation mIoU")
-    for ax in (ax_loss, ax_miou):
+    if shares:
+        ax_share = axes[2]
+        iterations = [i for i, _ in shares]
+        for c in range(len(shares[-1][1])):
+            color = plt.cm.tab20(c % 20)
+            ax_share.plot(iterations, [100 * v[c] if c < len(v) else float("nan") for _, v in shares], lw=1,
+                          color=color, label=f"class {c}")
+            if target is not None and c < len(target):
+                ax_share.axhline(100 * target[c], color=color, lw=0.8, ls="--")
+        ax_share.set(xlabel="iteration", ylabel="share (%)", yscale="symlog",
+                     title="pseudo-label share (dashed: labeled)")
+        ax_share.legend(fontsize=6, ncol=2)
+    for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
