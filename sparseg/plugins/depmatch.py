@@ -1,7 +1,7 @@
 """DepMatch: depth-guided CDDP and ULDR losses for weak-to-strong consistency methods.
 
-Spec: the design notes ``docs/design/depmatch.md``; user guide: ``docs/methods/depmatch.md``. A consistency method builds
-``DepMatch(cfg, num_classes, seed)`` and calls it once per step with one ``StrongView`` per strong view:
+Spec: the design notes ``docs/design/depmatch.md``; user guide: ``docs/methods/depmatch.md``. A consistency
+method builds ``DepMatch(cfg, num_classes, seed)`` and calls it once per step with one ``StrongView`` per strong view:
 
     terms = depmatch(views, step)   # {"cddp": Σ_s w_s λ_cdp C^s, "uldr": Σ_s w_s λ_ur U^s}   (depmatch.md §6)
 
