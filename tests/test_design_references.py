@@ -10,8 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CITATION = re.compile(r"(?:([a-z_]+\.md) )?§(\d+(?:\.\d+)*)")
 HEADING = re.compile(r"^#+ §?(\d+(?:\.\d+)*)\.? ", re.M)
-# design notes the code cites that docs/design does not hold yet (issue 23): their citations are not checked
-NOT_WRITTEN = {"agmm.md", "dgcl.md", "depmatch.md"}
+MD_NAME = re.compile(r"\b[A-Za-z_][\w-]*\.md\b")
 
 
 def note(name: str) -> Path | None:
@@ -39,8 +38,6 @@ def test_every_reference_resolves_to_a_heading():
     sections = {}
     unresolved = []
     for file, name, section in citations():
-        if name in NOT_WRITTEN:
-            continue
         if name not in sections:
             path = note(name)
             sections[name] = set(HEADING.findall(path.read_text(encoding="utf-8"))) if path else set()
@@ -49,7 +46,15 @@ def test_every_reference_resolves_to_a_heading():
     assert not unresolved
 
 
-def test_notes_not_yet_written_are_still_missing():
-    """Writing one of them must take it off NOT_WRITTEN, so its citations get checked."""
-    assert not any((ROOT / "docs" / "design" / name).exists() for name in NOT_WRITTEN)
-    assert NOT_WRITTEN <= {name for _, name, _ in citations()}
+def test_every_cited_note_is_in_the_repository():
+    """A ``name.md`` named anywhere in sparseg/ exists in the repository (not only in a sibling checkout)."""
+    present = {path.name for path in [*ROOT.glob("*.md"), *(ROOT / "docs").rglob("*.md")]}
+    cited = {name for path in (ROOT / "sparseg").rglob("*.py") for name in MD_NAME.findall(path.read_text("utf-8"))}
+    assert cited and not cited - present
+
+
+def test_method_guides_cite_the_notes_in_the_repository():
+    """The method guides and design notes point at docs/design/, not at a specification folder outside."""
+    stale = [str(path.relative_to(ROOT)) for path in sorted((ROOT / "docs").glob("*/*.md"))
+             if "shared/design" in path.read_text(encoding="utf-8")]
+    assert not stale
