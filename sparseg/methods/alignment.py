@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from sparseg.labels import IGNORE
 from sparseg.methods.base import MethodConfig
+from sparseg.methods.losses import resize_nearest
 
 _EPS = 1e-6  # floor of a measured share or mean probability inside the log
 
@@ -78,13 +79,15 @@ class ClassMixAlignment(nn.Module):
 
     @torch.no_grad()
     def forward(self, logits: Tensor, valid: Tensor) -> Tensor:
-        """``logits`` [B, K, h, w] (float) shifted by b; ``valid`` [B, h, w] bool marks the pixels measured.
+        """``logits`` [B, K, h, w] (float) shifted by b; ``valid`` [B, H, W] bool marks the pixels measured (resized
+        to h x w, nearest).
 
         hard_share labels with the bias before this step's update; mean_prob with p̄ including this batch."""
         if not self.active:
             return logits
         if not self.prior.any():
             raise ValueError(f"method.pseudo_label.align={self.cfg.align} needs the labeled class prior")
+        valid = resize_nearest(valid, tuple(logits.shape[-2:]))
         if self.cfg.align == "hard_share":
             biased = logits + self.bias[:, None, None]
             counts = torch.bincount(biased.argmax(1)[valid], minlength=len(self.bias)).float()

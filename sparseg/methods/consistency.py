@@ -190,8 +190,7 @@ class ConsistencyMethod(Method):
         """P, c, ŷ of the weak view from the teacher's logits, class-mix aligned (sparseg/methods/alignment.py)."""
         logits = logits.detach().float()
         if self.alignment.active:
-            small_valid = F.interpolate(valid[:, None].float(), size=logits.shape[-2:], mode="nearest")[:, 0] > 0
-            logits = self.alignment(logits, small_valid)
+            logits = self.alignment(logits, valid)
         return PseudoLabels.from_logits(logits, valid, self.plugin is not None)
 
     def loss_weights(self) -> dict[str, float]:

@@ -22,12 +22,12 @@ from torch import Tensor, nn
 from sparseg.labels import IGNORE
 from sparseg.methods import register_method
 from sparseg.methods.base import MethodContext, Step, step_generator
+from sparseg.methods.losses import resize_nearest
 from sparseg.methods.selftrain import (
     SelfTrain,
     SelfTrainConfig,
     StepOutputs,
     filter_pseudo_labels,
-    resize_nearest,
     semi_progress,
     split_groups,
 )

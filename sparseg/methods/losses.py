@@ -15,6 +15,14 @@ def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
 
 
+def resize_nearest(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of integer or bool maps [B,H,W] (class ids and 255 preserved)."""
+    if tuple(labels.shape[-2:]) == tuple(size):
+        return labels
+    resized = F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0]
+    return resized.to(labels.dtype)
+
+
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean CE over pixels whose target is not IGNORE (0 when there are none, graph-connected)."""
     logits = upsample(logits, target.shape[-2:]).float()

@@ -18,18 +18,17 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
 from sparseg.data.transforms import cutmix, half_area_boxes
-from sparseg.methods.teacher import copy_parameters, create_teacher, ema_decay, ema_update
 from sparseg.labels import IGNORE
 from sparseg.methods import register_method
 from sparseg.methods.alignment import ClassMixAlignment, ClassShares, PseudoLabelConfig
 from sparseg.methods.base import Method, MethodContext, Step, step_generator
 from sparseg.methods.losses import cross_entropy, upsample
 from sparseg.methods.supervised import SupervisedConfig, supervised_loss
+from sparseg.methods.teacher import copy_parameters, create_teacher, ema_decay, ema_update
 from sparseg.stats import entropy, quantile
 
 
@@ -98,14 +97,6 @@ def filter_pseudo_labels(probs: Tensor, valid: Tensor, drop_percent: float) -> T
         ent = entropy(probs)
         keep &= ent < quantile(ent[valid], 1.0 - drop_percent / 100.0)
     return labels.masked_fill(~keep, IGNORE)
-
-
-def resize_nearest(labels: Tensor, size: tuple[int, int]) -> Tensor:
-    """Nearest-neighbour resize of integer or bool maps [B,H,W] (class ids and 255 preserved)."""
-    if tuple(labels.shape[-2:]) == tuple(size):
-        return labels
-    resized = F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0]
-    return resized.to(labels.dtype)
 
 
 def semi_progress(step: Step, warmup_epochs: int) -> float:
@@ -243,8 +234,7 @@ class SelfTrain(Method):
             self.teacher.train()
             self.teacher_forward(x_teacher)
         if self.alignment.active:  # class-mix alignment of the unlabeled logits (sparseg/methods/alignment.py)
-            valid_u = resize_nearest(unlabeled["valid"], tuple(teacher_pred.shape[-2:]))
-            teacher_pred[n_labeled:] = self.alignment(teacher_pred[n_labeled:], valid_u)
+            teacher_pred[n_labeled:] = self.alignment(teacher_pred[n_labeled:], unlabeled["valid"])
 
         drop_percent = cfg.unsup_drop_percent * (1.0 - semi_progress(step, cfg.warmup_epochs))
         self._logs["unsup_drop_percent"] = drop_percent

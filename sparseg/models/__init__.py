@@ -14,10 +14,10 @@ from sparseg.models.deeplabv3plus import DeepLabV3Plus, SegmentationModel
 from sparseg.models.dpt import DINOV2_PRESETS, DPT, dinov2_encoder
 from sparseg.models.resnet import ResNet
 from sparseg.models.weights import (
+    TRAINED_FORMAT,
     LoadReport,
     WeightsError,
     load_encoder_weights,
-    TRAINED_FORMAT,
     load_pretrained_model,
     load_trained_model,
     read_pretrained,

@@ -3,8 +3,8 @@
 import pytest
 import torch
 import torch.distributed as dist
-from PIL import Image
 import torch.multiprocessing as mp
+from PIL import Image
 
 from sparseg.build import load_trained
 from sparseg.config import ModelConfig
@@ -186,5 +186,5 @@ def test_trainer_counts_the_prior_and_resumes_alignment_exactly(assert_resume_is
     assert torch.equal(torch.from_numpy(labeled.class_pixel_counts()).float(), counts)
     assert torch.allclose(trainer.method.alignment.prior, counts / counts.sum())
     assert int(trainer.method.alignment.updates) == 4
-    _, _, model, name = load_trained(str(trainer.out_dir / "last.pt"), [], None)  # what `sparseg eval` does
+    _, _, _, name = load_trained(str(trainer.out_dir / "last.pt"), [], None)  # what `sparseg eval` does
     assert name == ("teacher" if method["name"] == "selftrain" else "student")

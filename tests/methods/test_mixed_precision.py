@@ -4,11 +4,9 @@ pseudo-labels (probabilities, entropy, confidence), the EMA teacher, BatchNorm s
 import pytest
 import torch
 
-import sparseg.methods.consistency as consistency
-import sparseg.methods.selftrain as selftrain
 from sparseg.config import ModelConfig
 from sparseg.labels import IGNORE
-from sparseg.methods import create_method, method_class
+from sparseg.methods import consistency, create_method, method_class, selftrain
 from sparseg.methods.base import MethodContext, Step
 from sparseg.methods.dgcl import multiscale_density
 from sparseg.models import create_model

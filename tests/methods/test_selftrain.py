@@ -7,10 +7,10 @@ from sparseg.config import ModelConfig
 from sparseg.labels import IGNORE
 from sparseg.methods import create_method, method_class
 from sparseg.methods.base import MethodContext, Step
+from sparseg.methods.losses import resize_nearest
 from sparseg.methods.selftrain import (
     filter_pseudo_labels,
     pseudo_label_and_mix,
-    resize_nearest,
     split_groups,
     unsup_loss,
 )
