@@ -88,10 +88,9 @@ def test_checkpoint_gives_classes_and_the_model_overlay(trained, tmp_path, class
     maps = assist.maps(entry.id, entry.path)
     assert maps.shape == (3, entry.size[1], entry.size[0]) and maps[0].max() < len(SYNTHETIC_CLASSES)
     ranker = served["ranker"]
-    for _ in range(200):  # scored in the background, cached under --out per checkpoint
-        if ranker.snapshot()["done"] == 4:
-            break
-        time.sleep(0.05)
+    deadline = time.monotonic() + 120  # scored in the background (slow on a busy machine), then cached
+    while not (ranker.snapshot()["done"] == 4 and ranker.cache.is_file()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the cache is written after the last image is counted: wait for both
     assert ranker.snapshot()["done"] == 4 and ranker.cache.parent == store.out / ".annotate"
     assert ranker.cache.is_file()
 
