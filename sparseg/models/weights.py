@@ -368,6 +368,22 @@ def _fit_hint(pretrained: Mapping[str, Any]) -> str:
             f"width={was.get('width')}, stem={was.get('stem')}, decoder_channels={was.get('decoder_channels')}")
 
 
+def _check_fit(state: Mapping[str, Tensor], body: Mapping[str, Tensor], extra: list[str], where: str,
+               contents: Mapping[str, Any]) -> None:
+    """Refuse, before anything is copied, a file that lacks keys of ``body`` (encoder and decoder), holds the
+    ``extra`` keys the model lacks, or differs in a shape; the message names them and the file's model config."""
+    absent = [k for k in body if k not in state and not k.endswith("num_batches_tracked")]
+    if absent or extra:
+        parts = ([f"lacks {len(absent)} model keys ({_listing(absent, 3)})"] if absent else []) + (
+            [f"has {len(extra)} keys the model lacks ({_listing(extra, 3)})"] if extra else [])
+        raise WeightsError(f"{where} does not fit this model: it {' and '.join(parts)}{_fit_hint(contents)}")
+    mismatched = [f"{k} {list(state[k].shape)} in the file vs {list(v.shape)} in the model"
+                  for k, v in body.items() if k in state and state[k].shape != v.shape]
+    if mismatched:
+        raise WeightsError(f"{where} does not fit this model: {len(mismatched)} shape mismatches, "
+                           f"{_listing(mismatched, 2)}{_fit_hint(contents)}")
+
+
 def load_trained_model(model: nn.Module, trained: Mapping[str, Any], where: str) -> LoadReport:
     """Load a training checkpoint's model (``read_pretrained`` of a ``sparseg train`` file) into ``model``.
 
@@ -378,19 +394,9 @@ def load_trained_model(model: nn.Module, trained: Mapping[str, Any], where: str)
     """
     state = trained["state_dict"]
     target = model.state_dict()
-    body = transferable_state(model)
-    absent = [k for k in body if k not in state and not k.endswith("num_batches_tracked")]
     heads = tuple(f"{name}." for name in getattr(model, "task_heads", ()))
     extra = [k for k in state if k not in target and not k.startswith(heads)]
-    if absent or extra:
-        parts = ([f"lacks {len(absent)} model keys ({_listing(absent, 3)})"] if absent else []) + (
-            [f"has {len(extra)} keys the model lacks ({_listing(extra, 3)})"] if extra else [])
-        raise WeightsError(f"{where} does not fit this model: it {' and '.join(parts)}{_fit_hint(trained)}")
-    mismatched = [f"{k} {list(state[k].shape)} in the file vs {list(v.shape)} in the model"
-                  for k, v in body.items() if k in state and state[k].shape != v.shape]
-    if mismatched:
-        raise WeightsError(f"{where} does not fit this model: {len(mismatched)} shape mismatches, "
-                           f"{_listing(mismatched, 2)}{_fit_hint(trained)}")
+    _check_fit(state, transferable_state(model), extra, where, trained)
     loaded = [k for k, v in target.items() if k in state and state[k].shape == v.shape]
     kept = sorted({k.split(".")[0] for k in target if k not in loaded and k.startswith(heads)})
     dropped = [k for k in state if k not in loaded and k.startswith(heads)]
@@ -410,18 +416,7 @@ def load_pretrained_model(model: nn.Module, pretrained: Mapping[str, Any], where
     """
     state = pretrained["state_dict"]
     target = transferable_state(model)
-    hint = _fit_hint(pretrained)
-    absent = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
-    extra = [k for k in state if k not in target]
-    if absent or extra:
-        parts = ([f"lacks {len(absent)} model keys ({_listing(absent, 3)})"] if absent else []) + (
-            [f"has {len(extra)} keys the model lacks ({_listing(extra, 3)})"] if extra else [])
-        raise WeightsError(f"{where} does not fit this model: it {' and '.join(parts)}{hint}")
-    mismatched = [f"{k} {list(state[k].shape)} in the file vs {list(v.shape)} in the model"
-                  for k, v in target.items() if k in state and state[k].shape != v.shape]
-    if mismatched:
-        raise WeightsError(f"{where} does not fit this model: {len(mismatched)} shape mismatches, "
-                           f"{_listing(mismatched, 2)}{hint}")
+    _check_fit(state, target, [k for k in state if k not in target], where, pretrained)
     pairs = {conv: bn for conv, bn in conv_bn_pairs(model).items() if f"{conv}.weight" in state} if rescale else {}
     initial = {conv: model.get_submodule(conv).weight.detach().norm() for conv in pairs}
     model.load_state_dict({k: state[k] for k in target if k in state}, strict=False)
