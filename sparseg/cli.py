@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -481,30 +482,38 @@ def describe(err: BaseException) -> str:
     return text
 
 
-def _report_loads() -> None:
+@contextlib.contextmanager
+def _report_loads():
     """Library messages of the ``sparseg`` logger (e.g. what ``model.pretrained`` loaded): one plain line each on
-    stderr, from the main process only (torchrun's other ranks keep warnings)."""
+    stderr while a command runs, from the main process only (torchrun's other ranks keep warnings). The logger
+    is restored afterwards, so ``main`` called in-process (tests, notebooks) leaves no handler on a closed stream."""
     import logging
 
     log = logging.getLogger("sparseg")
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
-        log.propagate = False
+    saved = log.level, log.propagate
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.propagate = False
     log.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
 
 
 def main(argv: list[str] | None = None) -> int:
     prepare_openmp()  # before anything imports torch
     args = build_parser().parse_args(argv)
-    _report_loads()
     from sparseg.data.errors import print_data_warnings  # after prepare_openmp: sparseg.data imports torch
 
     print_data_warnings()
     try:
         apply_thread_policy()
-        return COMMANDS[args.command](args)
+        with _report_loads():
+            return COMMANDS[args.command](args)
     except _user_errors() as err:
         if os.environ.get("SPARSEG_DEBUG"):
             raise

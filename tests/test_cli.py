@@ -134,6 +134,22 @@ def test_corrupt_checkpoint_is_refused(tmp_path, capsys):
     assert "corrupt or truncated" in capsys.readouterr().err
 
 
+def test_load_report_goes_to_stderr_and_the_logger_is_restored(tmp_path, data_root, capsys):
+    """The `model.pretrained` report line reaches the user; calling `main` in-process leaves the `sparseg`
+    logger as it found it (a handler bound to a closed stream would break later logging)."""
+    import logging
+
+    log = logging.getLogger("sparseg")
+    before = list(log.handlers), log.propagate, log.level
+    first = write_config(tmp_path / "a", data_root, iters=2)
+    assert main(["train", str(first)]) == 0
+    second = write_config(tmp_path / "b", data_root, iters=2)
+    pretrained = tmp_path / "a" / "run" / "last.pt"
+    assert main(["train", str(second), "--set", f"model.pretrained={pretrained}"]) == 0
+    assert "model.pretrained" in capsys.readouterr().err
+    assert (list(log.handlers), log.propagate, log.level) == before
+
+
 def test_bf16_autocast_and_channels_last_paths(tmp_path, data_root):
     """The AMP and memory-format switches run end to end (bf16 autocast works on CPU too)."""
     cfg = write_config(tmp_path, data_root, iters=2)
