@@ -1,8 +1,9 @@
-"""Tensor statistics used on several floors (data, methods, plug-ins): quantile and entropy."""
+"""Tensor statistics used on several floors (data, methods, plug-ins): quantile, entropy and a sum over processes."""
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 
@@ -20,3 +21,10 @@ def quantile(values: Tensor, q: float) -> Tensor:
 def entropy(probs: Tensor, eps: float = 1e-10) -> Tensor:
     """ε = −Σ_c p_c log(p_c + eps) over dim 1 (the class dimension)."""
     return -(probs * torch.log(probs + eps)).sum(1)
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """``tensor`` summed over the processes of torch.distributed, in place (unchanged in one process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor

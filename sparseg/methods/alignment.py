@@ -17,13 +17,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 from pydantic import Field
 from torch import Tensor, nn
 
 from sparseg.labels import IGNORE
 from sparseg.methods.base import MethodConfig
 from sparseg.methods.losses import resize_nearest
+from sparseg.stats import all_reduce_sum
 
 _EPS = 1e-6  # floor of a measured share or mean probability inside the log
 
@@ -51,12 +51,6 @@ def mean_prob_bias(prior: Tensor, mean_probs: Tensor) -> Tensor:
     bias = torch.zeros_like(prior)
     bias[known] = prior[known].log() - mean_probs[known].clamp_min(_EPS).log()
     return bias
-
-
-def _all_reduce(tensor: Tensor) -> Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor)
-    return tensor
 
 
 class ClassMixAlignment(nn.Module):
@@ -91,11 +85,11 @@ class ClassMixAlignment(nn.Module):
         if self.cfg.align == "hard_share":
             biased = logits + self.bias[:, None, None]
             counts = torch.bincount(biased.argmax(1)[valid], minlength=len(self.bias)).float()
-            self._update_ema(_all_reduce(counts))
+            self._update_ema(all_reduce_sum(counts))
             self.bias += hard_share_step(self.prior, self.share, self.cfg.rate, self.cfg.clip)
             return biased
         probs = logits.softmax(1).permute(0, 2, 3, 1)[valid]  # [N, K]
-        self._update_ema(_all_reduce(torch.cat([probs.sum(0), probs.new_tensor([len(probs)])]))[:-1])
+        self._update_ema(all_reduce_sum(torch.cat([probs.sum(0), probs.new_tensor([len(probs)])]))[:-1])
         self.bias.copy_(mean_prob_bias(self.prior, self.share))
         return logits + self.bias[:, None, None]
 

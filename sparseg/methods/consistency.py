@@ -20,13 +20,14 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import Tensor
 
 from sparseg.data.transforms import cutmix, random_area_boxes, strong_photometric
 from sparseg.labels import IGNORE
 from sparseg.methods.alignment import ClassMixAlignment, ClassShares, PseudoLabelConfig
 from sparseg.methods.base import Method, MethodConfig, MethodContext, Step, step_generator
+from sparseg.methods.copy_paste import CopyPasteConfig, Pasted, RareClassCopyPaste
 from sparseg.methods.losses import upsample
 from sparseg.methods.supervised import SupervisedConfig, supervised_loss
 from sparseg.methods.teacher import create_teacher, ema_decay, ema_update, ema_update_buffers
@@ -60,6 +61,7 @@ class ConsistencyConfig(MethodConfig):
     ohem_min_kept: int = Field(200_000, ge=0)  # per process batch (the reference: per GPU)
     depmatch: DepMatchConfig | None = None  # DepMatch plug-in options (sparseg.plugins.depmatch)
     pseudo_label: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)  # class-mix alignment
+    copy_paste: CopyPasteConfig = Field(default_factory=CopyPasteConfig)  # rare-class copy-paste
 
     @field_validator("blur_sigma", "cutmix_area", "cutmix_ratio")
     @classmethod
@@ -69,6 +71,13 @@ class ConsistencyConfig(MethodConfig):
         if info.field_name == "cutmix_area" and v[1] > 1:
             raise ValueError("a fraction of the crop: need max <= 1")
         return v
+
+    @model_validator(mode="after")
+    def _copy_paste_without_plugin(self) -> ConsistencyConfig:
+        if self.copy_paste.classes > 0 and self.depmatch is not None:
+            raise ValueError("copy_paste.classes > 0 cannot be combined with depmatch (its depth and view "
+                             "features do not follow the pasted pixels)")
+        return self
 
 
 @dataclass
@@ -92,6 +101,11 @@ class PseudoLabels:
             f.name: None if (t := getattr(self, f.name)) is None else cutmix(t, boxes, partner)
             for f in fields(self)
         })
+
+    def pasted(self, pasted: Pasted) -> PseudoLabels:
+        """Where copy-paste put labeled pixels: their true class, confidence 1, valid (no plug-in probabilities)."""
+        mask = pasted.mask
+        return PseudoLabels(self.conf.masked_fill(mask, 1.0), pasted.labels(self.label), self.valid | mask)
 
 
 def unsup_cross_entropy(logits: Tensor, target: PseudoLabels, threshold: float) -> Tensor:
@@ -137,6 +151,7 @@ class ConsistencyMethod(Method):
         self.teacher = create_teacher(model) if cfg.teacher == "ema" else None
         self.alignment = ClassMixAlignment(cfg.pseudo_label, context.num_classes, context.class_prior)
         self.class_shares = ClassShares(context.num_classes)
+        self.copy_paste = RareClassCopyPaste(cfg.copy_paste, context.num_classes)
         self.labeled_cfg = SupervisedConfig(
             loss=cfg.labeled_loss, ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept
         )
@@ -152,7 +167,7 @@ class ConsistencyMethod(Method):
 
     def extra_logs(self) -> dict[str, Any]:
         return {**{key: float(value) for key, value in self._logs.items()}, **self.alignment.logs(),
-                **self.class_shares.logs()}
+                **self.copy_paste.logs(), **self.class_shares.logs()}
 
     def generator(self, step: Step, purpose: str) -> torch.Generator:
         """A fresh CPU generator for (seed, iteration, purpose, rank)."""
@@ -175,6 +190,22 @@ class ConsistencyMethod(Method):
             b, h, w, self.generator(step, f"cutmix{view}"), cfg.cutmix_prob, cfg.cutmix_area, cfg.cutmix_ratio
         ).to(x_u.device)
         return cutmix(strong, boxes, partner), boxes
+
+    def paste_rare_classes(
+        self, labeled: dict[str, Tensor], views: list[tuple[Tensor, Tensor]], step: Step,
+    ) -> tuple[dict[str, Tensor], list[tuple[Tensor, Tensor]], list[Pasted]]:
+        """Rare-class copy-paste (sparseg/methods/copy_paste.py): labeled image i takes pixels from labeled image
+        i + 1, unlabeled image i of each strong view from labeled image i mod n_l, with their true labels."""
+        x_l, y_l = labeled["image"], labeled["mask"]
+        n_l = len(x_l)
+        pasted_l = self.copy_paste.sample(y_l, (torch.arange(n_l) + 1) % n_l, self.generator(step, "copy_paste_l"))
+        labeled = {**labeled, "image": pasted_l.images(x_l, x_l), "mask": pasted_l.labels(y_l)}
+        pastes = [
+            self.copy_paste.sample(y_l, torch.arange(len(image)) % n_l, self.generator(step, f"copy_paste{v}"))
+            for v, (image, _) in enumerate(views)
+        ]
+        views = [(pasted.images(image, x_l), boxes) for pasted, (image, boxes) in zip(pastes, views)]
+        return labeled, views, pastes
 
     def partner(self, n: int, device: torch.device) -> Tensor:
         index = torch.arange(n, device=device)
@@ -206,14 +237,20 @@ class ConsistencyMethod(Method):
         x_u, valid_u = unlabeled["image"], unlabeled["valid"]
         partner = self.partner(len(x_u), x_u.device)
         views = [self.strong_view(x_u, partner, step, v) for v in range(self.num_views)]
+        pastes: list[Pasted | None] = [None] * self.num_views
+        if self.copy_paste.active:
+            labeled, views, pastes = self.paste_rare_classes(labeled, views, step)
         teacher_logits = self.teacher_logits(x_u) if self.teacher is not None else None
         out = self.run_student(labeled["image"], x_u, [image for image, _ in views], step)
         weak = self.pseudo_labels(out.weak if teacher_logits is None else teacher_logits, valid_u)
 
         terms = supervised_loss(self.labeled_cfg, out.labeled, labeled["mask"])
+        self.copy_paste.update(out.labeled["pred"], labeled["mask"])
         plugin_views = []
-        for v, ((_, boxes), student) in enumerate(zip(views, out.strong), start=1):
+        for v, ((_, boxes), student, pasted) in enumerate(zip(views, out.strong, pastes), start=1):
             target = weak.mixed(boxes, partner)
+            if pasted is not None:
+                target = target.pasted(pasted)
             terms[f"unsup_s{v}"] = unsup_cross_entropy(student["pred"], target, self.cfg.threshold)
             if self.plugin is not None:
                 depth = {k: cutmix(unlabeled[k], boxes, partner) for k in ("depth", "depth_valid") if k in unlabeled}

@@ -26,6 +26,7 @@ from sparseg.labels import IGNORE
 from sparseg.methods import register_method
 from sparseg.methods.alignment import ClassMixAlignment, ClassShares, PseudoLabelConfig
 from sparseg.methods.base import Method, MethodContext, Step, step_generator
+from sparseg.methods.copy_paste import CopyPasteConfig, RareClassCopyPaste
 from sparseg.methods.losses import cross_entropy, upsample
 from sparseg.methods.supervised import SupervisedConfig, supervised_loss
 from sparseg.methods.teacher import copy_parameters, create_teacher, ema_decay, ema_update
@@ -48,6 +49,7 @@ class SelfTrainConfig(SupervisedConfig):
     filter_group_size: int | None = Field(4, ge=1)  # unlabeled images per group; None: one group per process
     forward_unmixed_u: bool = False  # also forward the unmixed x_u through the student (changes BN batches)
     pseudo_label: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)  # class-mix alignment
+    copy_paste: CopyPasteConfig = Field(default_factory=CopyPasteConfig)  # rare-class copy-paste
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,7 @@ class SelfTrain(Method):
         super().__init__(model, cfg, context)
         self.teacher = create_teacher(model)
         self.alignment = ClassMixAlignment(cfg.pseudo_label, context.num_classes, context.class_prior)
+        self.copy_paste = RareClassCopyPaste(cfg.copy_paste, context.num_classes)
         self._logs: dict[str, float] = {}
         self.class_shares = ClassShares(context.num_classes)
 
@@ -178,7 +181,7 @@ class SelfTrain(Method):
     def extra_logs(self) -> dict[str, Any]:
         """The scalars of the last step, and each class's share of the kept pseudo-labels and of the labeled
         pixels over the semi-supervised steps since the previous call (this process's batches)."""
-        return {**self._logs, **self.alignment.logs(), **self.class_shares.logs()}
+        return {**self._logs, **self.alignment.logs(), **self.copy_paste.logs(), **self.class_shares.logs()}
 
     def teacher_forward(self, images: Tensor) -> dict[str, Tensor]:
         """The teacher on ``images`` without gradient, in float32 outside autocast unless ``teacher_precision: amp``
@@ -209,7 +212,7 @@ class SelfTrain(Method):
             outputs, unsup = self._semi_step(labeled, unlabeled, groups, step)
             n_labeled = len(labeled["image"])
             student_l = {k: v[:n_labeled] for k, v in outputs.student.items() if k in ("pred", "aux")}
-            terms = {**self.supervised_terms(student_l, labeled["mask"], groups), "unsup": unsup}
+            terms = {**self.supervised_terms(student_l, outputs.labeled["mask"], groups), "unsup": unsup}
         terms.update(self.extra_terms(outputs))
         return terms
 
@@ -244,11 +247,35 @@ class SelfTrain(Method):
         )
         self.class_shares.count("pseudo_label_share", y_mix)
         self.class_shares.count("label_share", labeled["mask"])
+        if self.copy_paste.active:
+            labeled, x_mix, y_mix = self.paste_rare_classes(labeled, x_mix, y_mix, groups, step)
+            x_l = labeled["image"]
         views = [x_l, x_u, x_mix] if cfg.forward_unmixed_u else [x_l, x_mix]
         student = self.model(torch.cat(views))
+        self.copy_paste.update(student["pred"][:n_labeled], labeled["mask"])
         pred_mix = student["pred"][-len(x_u):]
         unsup = torch.stack([unsup_loss(pred_mix[g.unlabeled], y_mix[g.unlabeled]) for g in groups]).mean()
         return StepOutputs(step, labeled, unlabeled, student, teacher_pred, groups), unsup
+
+    def paste_rare_classes(
+        self, labeled: dict[str, Tensor], x_mix: Tensor, y_mix: Tensor, groups: list[Group], step: Step,
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """Rare-class copy-paste (sparseg/methods/copy_paste.py) within each filter group: labeled image k takes
+        pixels from labeled image k + 1 of its group, unlabeled image k from labeled image k mod n_l; the pasted
+        pixels carry their true labels into the labeled masks and the pseudo-labels."""
+        x_l, y_l = labeled["image"], labeled["mask"]
+        x_l_out, y_l_out, x_mix, y_mix = x_l.clone(), y_l.clone(), x_mix.clone(), y_mix.clone()
+        for group in groups:
+            generator = step_generator(self.context.seed, step.iteration, "copy_paste", group.index)
+            sources_u = group.labeled[torch.arange(len(group.unlabeled)) % len(group.labeled)]
+            for targets, sources, images, labels in (
+                (group.labeled, group.labeled.roll(-1), x_l_out, y_l_out),
+                (group.unlabeled, sources_u, x_mix, y_mix),
+            ):
+                pasted = self.copy_paste.sample(y_l, sources, generator)
+                images[targets] = pasted.images(images[targets], x_l)
+                labels[targets] = pasted.labels(labels[targets])
+        return {**labeled, "image": x_l_out, "mask": y_l_out}, x_mix, y_mix
 
     def supervised_terms(self, out: dict[str, Tensor], mask: Tensor, groups: list[Group]) -> dict[str, Tensor]:
         """L_sup (and the aux term): the mean over groups of each group's loss (§6.1: OHEM's min_kept is per group)."""
