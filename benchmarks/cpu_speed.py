@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from sparseg.config import load_config
+from sparseg.build import load_config, resolve
 from sparseg.engine.trainer import Trainer
 
 CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "camvid"
@@ -75,7 +75,7 @@ def build_trainer(recipe: str, setting: str, root: Path, tmp: Path, batch: int, 
         overrides.append(f"data.unlabeled_batch_size={batch}")
     if "warmup_epochs" in cfg.method:  # time semi-supervised steps, not the warm-up epoch
         overrides.append("method.warmup_epochs=0")
-    return Trainer(load_config(config, overrides), overwrite=True, quiet=True)
+    return Trainer(*resolve(load_config(config, overrides)), overwrite=True, quiet=True)
 
 
 class Case:
@@ -168,7 +168,7 @@ def time_loader(args, tmp: Path) -> None:
         cfg = load_config("configs/camvid/selftrain.yaml", [
             f"data.root={args.root}", f"data.workers={workers}", "train.iters=100000",
             f"out={tmp / 'runs' / f'loader{workers}'}"])
-        trainer = Trainer(cfg, overwrite=True, quiet=True)
+        trainer = Trainer(*resolve(cfg), overwrite=True, quiet=True)
         torch.set_num_threads(1)
         batches = trainer._batches(0, 0)
         next(batches)  # workers started

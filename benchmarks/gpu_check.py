@@ -171,10 +171,11 @@ def train_once(cfg_dict: dict[str, Any], resume: bool = False, stop_at: int | No
     """Train one config; returns the trainer and figures (it/s after two warm-up steps, peak memory, batches)."""
     import torch
 
+    from sparseg.build import resolve
     from sparseg.config import config_from_dict
     from sparseg.engine.trainer import Trainer
 
-    trainer = Trainer(config_from_dict(cfg_dict), resume=resume, overwrite=not resume)
+    trainer = Trainer(*resolve(config_from_dict(cfg_dict)), resume=resume, overwrite=not resume)
     device = trainer.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -29,11 +29,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from sparseg.build import load_config
+from sparseg.build import load_config, resolve
 from sparseg.config import ConfigError
 from sparseg.data import create_dataset_spec, make_synthetic_dataset, write_splits
 from sparseg.engine.trainer import Trainer
-from sparseg.methods import method_class
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -52,12 +51,13 @@ def measure(config: str, root: Path, batch: int, steps: int, warmup: int, device
         "model.pretrained=null", f"train.device={device}", "train.iters=null", "train.epochs=1000",
         "train.eval_every=0", f"out={root / 'runs' / Path(config).stem}", *extra,
     ]
-    cfg = load_config(config, overrides)
-    if "warmup_epochs" in method_class(cfg.method["name"]).Config.model_fields:
-        cfg = load_config(config, overrides + ["method.warmup_epochs=0"])  # time full steps, not warm-up
+    run = resolve(load_config(config, overrides))
+    if "warmup_epochs" in run.method_class.Config.model_fields:
+        run = resolve(load_config(config, overrides + ["method.warmup_epochs=0"]))  # time full steps, not warm-up
+    cfg = run.config
     if not torch.cuda.is_available() and cfg.train.amp == "fp16":
         cfg.train.amp = "off"  # fp16 autocast needs CUDA; CPU runs in fp32
-    trainer = Trainer(cfg, overwrite=True, quiet=True)
+    trainer = Trainer(*run, overwrite=True, quiet=True)
     batches = trainer._batches(0, 0)
     per_step = batch * len(trainer.streams)
     for _ in range(warmup):

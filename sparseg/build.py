@@ -1,25 +1,44 @@
 """Assembling a run, above config, models, methods and engine: a config loaded with its method section validated
-(before any data is read) and a trained model rebuilt from a checkpoint. The command line, ``sparseg annotate``
-and the benchmarks import these instead of passing callbacks."""
+(before any data is read) and resolved once into the method's class and typed section, and a trained model
+rebuilt from a checkpoint. The command line, the demo, ``sparseg annotate`` and the benchmarks import these
+instead of passing callbacks."""
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from torch import nn
 
 from sparseg.config import Config, apply_overrides, config_from_dict, override_keys, override_origin
 from sparseg.config import load_config as load_config_file
 from sparseg.engine.checkpoint import CheckpointError, load_checkpoint, load_module_state, stored_config
-from sparseg.methods import build_method, method_config, method_schema
+from sparseg.methods import build_method, method_class, method_config, method_schema, validate_method_section
+
+if TYPE_CHECKING:
+    from sparseg.methods.base import Method, MethodConfig
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """``sparseg.config.load_config`` with the method section validated by the method's own ``Config`` (a typo
     is one line with the nearest key) and ``--set method.*`` values typed by it."""
     return load_config_file(path, overrides, method_config=method_config, method_schema=method_schema)
+
+
+class Resolved(NamedTuple):
+    """A config with its method resolved: the class ``method.name`` names and the section typed by its
+    ``Config``. It unpacks into ``engine.trainer.train``/``Trainer`` and ``methods.build_method``."""
+
+    config: Config
+    method_class: type[Method]
+    method_config: MethodConfig
+
+
+def resolve(cfg: Config) -> Resolved:
+    """Look the method of ``cfg`` up and validate its section: the one place a run's method is resolved."""
+    cls = method_class(cfg.method["name"])
+    return Resolved(cfg, cls, validate_method_section(cls, cfg.method))
 
 
 class Trained(NamedTuple):
@@ -43,10 +62,11 @@ def load_trained(checkpoint: str | Path, overrides: list[str], model_name: str |
         raise CheckpointError(f"--set {key}: model.* keys come from the checkpoint and cannot be overridden "
                               f"({checkpoint} holds a {trained.model.name} with encoder {trained.model.encoder})")
     cfg.model.pretrained = None  # the checkpoint holds the weights
-    method = build_method(cfg, state["num_classes"])
+    method = build_method(*resolve(cfg), state["num_classes"])
     load_module_state(method, state["method"], checkpoint)
     models = method.eval_models()
     name = model_name or next(iter(models))
     if name not in models:
         raise CheckpointError(f"--model {name}: this checkpoint has {', '.join(models)}")
     return Trained(cfg, state, models[name].eval(), name)
+

@@ -192,21 +192,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args, pretraining: bool = False) -> int:
-    from sparseg.build import load_config
+    from sparseg.build import load_config, resolve
     from sparseg.config import ConfigError
     from sparseg.engine.trainer import train
     from sparseg.methods import list_methods, method_class
 
     overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
     cfg = load_config(args.config, overrides)
-    if method_class(cfg.method["name"]).pretraining != pretraining:
+    run = resolve(cfg)
+    if run.method_class.pretraining != pretraining:
         names = ", ".join(n for n in list_methods() if method_class(n).pretraining)
         hint = (f"`sparseg pretrain` runs pretraining methods ({names}); use `sparseg train`" if pretraining
                 else "it is a pretraining method: use `sparseg pretrain`")
         raise ConfigError(f"{args.config}: method.name={cfg.method['name']}: {hint}")
     if args.allow_config_change and not args.resume:
         raise ConfigError("--allow-config-change applies to --resume only")
-    result = train(cfg, resume=args.resume, overwrite=args.overwrite, allow_config_change=args.allow_config_change)
+    result = train(*run, resume=args.resume, overwrite=args.overwrite, allow_config_change=args.allow_config_change)
     if pretraining:
         print(f"pretrained weights: {Path(cfg.out) / 'pretrained.pt'} (use as model.pretrained)")
     if result is not None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparseg.build import resolve
 from sparseg.config import ConfigError, config_from_dict
 from sparseg.data import SYNTHETIC_CLASSES, create_dataset_spec, make_synthetic_dataset, sparsify_list, write_splits
 from sparseg.methods import method_class
@@ -114,7 +115,7 @@ def _train(raw: dict[str, Any]):
     run_dir = Path(raw["out"])
     if (run_dir / "config.yaml").exists():  # the demo's own earlier run of this method: replaced, not kept aside
         shutil.rmtree(run_dir)
-    return train(config_from_dict(raw))
+    return train(*resolve(config_from_dict(raw)))
 
 
 def _labels(method: str, cls: type, root: Path, out: Path) -> dict[str, Any]:

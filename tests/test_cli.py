@@ -72,14 +72,14 @@ def test_train_resume_eval_predict(tmp_path, data_root, capsys):
 def test_resume_is_exact(tmp_path, data_root, precision):
     """4 iterations straight == 2 iterations, a checkpoint, a new process state, 2 more (bit-identical on CPU,
     also under the CamVid recipes' bf16 autocast and channels_last)."""
-    from sparseg.config import load_config
+    from sparseg.build import load_config, resolve
     from sparseg.engine.trainer import Trainer
 
     straight = write_config(tmp_path / "a", data_root, train=precision)
     assert main(["train", str(straight)]) == 0
 
     interrupted = write_config(tmp_path / "b", data_root, train=precision)
-    trainer = Trainer(load_config(interrupted), quiet=True)
+    trainer = Trainer(*resolve(load_config(interrupted)), quiet=True)
     batches = trainer._batches(0, 0)
     for _ in range(2):
         trainer._train_step(next(batches), 0)

@@ -11,7 +11,7 @@ PACKAGE = ROOT / "sparseg"
 def floors() -> dict[str, int]:
     """``group -> floor`` from the ```floors block of docs/architecture.md."""
     text = (ROOT / "docs" / "architecture.md").read_text()
-    block = re.search(r"```floors\n(.*?)```", text, re.S).group(1)
+    block = re.search(r"```floors\n(.*?)```", text, re.DOTALL).group(1)
     table = {}
     for line in block.splitlines():
         number, _, groups = line.partition(":")

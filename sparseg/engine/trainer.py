@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ConfigDict
 from torch.utils.data import DataLoader
 
 from sparseg.config import RESUME_FREE_KEYS, Config, ConfigError, config_changes, dump_config
@@ -44,8 +45,8 @@ from sparseg.engine.logger import RunLogger, plot_curves
 from sparseg.engine.optim import build_optimizer, poly_factor, scaled_lr, set_lr
 from sparseg.engine.rundir import RunDirError, RunLock, check_run_dir, claim_run_dir, record_config_changes
 from sparseg.eval import EvalResult
-from sparseg.methods import build_method, method_class, method_config
-from sparseg.methods.base import EvalRequest, Method, Step
+from sparseg.methods import build_method, validate_method_section
+from sparseg.methods.base import EvalRequest, Method, MethodConfig, Step
 
 
 class TrainingError(RuntimeError):
@@ -100,12 +101,22 @@ def label_class_counts(dataset: SegmentationDataset, dist_info: DistInfo) -> tor
     return counts
 
 
-class Trainer:
-    """Iteration-based training with periodic evaluation, atomic checkpoints and exact resume."""
+class _StoredSection(MethodConfig):
+    """A checkpoint's section of another method than this run's, as stored: compared key by key, not validated."""
 
-    def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False, quiet: bool = False,
-                 allow_config_change: bool = False) -> None:
+    model_config = ConfigDict(extra="allow")
+
+
+class Trainer:
+    """Iteration-based training with periodic evaluation, atomic checkpoints and exact resume.
+
+    The method comes resolved (``sparseg.build.resolve``): ``Trainer(*resolve(cfg), resume=...)``."""
+
+    def __init__(self, cfg: Config, method_class: type[Method], method_cfg: MethodConfig, resume: bool = False,
+                 overwrite: bool = False, quiet: bool = False, allow_config_change: bool = False) -> None:
         self.cfg = cfg
+        self.method_class = method_class
+        self.method_cfg = method_cfg
         self.allow_config_change = allow_config_change
         self.config_changes: dict[str, tuple[Any, Any]] = {}  # resumed with these edits (key: (old, new))
         self.out_dir = Path(cfg.out)
@@ -125,8 +136,7 @@ class Trainer:
         self.val_dataset = (
             build_dataset(cfg.data, "val_list", labeled=True, transform=EvalTransform()) if cfg.data.val_list else None
         )
-        method_cls = method_class(cfg.method["name"])
-        self.streams = self._build_streams(method_cls)
+        self.streams = self._build_streams()
         main = self.streams[-1]  # the unlabeled stream sets the epoch length when present
         self.iters_per_epoch = len(main.loader)
         if self.iters_per_epoch == 0:
@@ -138,10 +148,11 @@ class Trainer:
         self.total_iters = t.iters if t.iters is not None else t.epochs * self.iters_per_epoch
 
         prior = None
-        if method_cls.wants_class_prior(method_config(cfg.method)):  # e.g. class-mix alignment of pseudo-labels
+        if method_class.wants_class_prior(method_cfg):  # e.g. class-mix alignment of pseudo-labels
             labeled = next(s.dataset for s in self.streams if s.name == "labeled")
             prior = label_class_counts(labeled, self.dist)
-        self.method = build_method(cfg, self.num_classes, self.dist.world_size, self.dist.rank, prior).to(self.device)
+        self.method = build_method(cfg, method_class, method_cfg, self.num_classes, self.dist.world_size,
+                                   self.dist.rank, prior).to(self.device)
         if cfg.train.channels_last:
             self.method.to(memory_format=torch.channels_last)
         if cfg.train.compile:
@@ -195,9 +206,9 @@ class Trainer:
                                     f"(recorded in {history})")
 
     # ----------------------------------------------------------------- data
-    def _build_streams(self, method: type[Method]) -> list[Stream]:
-        """The loaders of the streams ``method`` (its class: the model is not built yet) trains on."""
-        cfg = self.cfg
+    def _build_streams(self) -> list[Stream]:
+        """The loaders of the streams the method trains on (read from its class: the model is not built yet)."""
+        cfg, method = self.cfg, self.method_class
         if cfg.data.label_format == "sparse" and method.label_kind is None:
             raise TrainingError(
                 f"data.label_format is sparse but method '{cfg.method['name']}' needs dense labels; "
@@ -469,7 +480,7 @@ class Trainer:
             raise CheckpointError(
                 f"{path} was written for {state['total_iters']} iterations but this run has {self.total_iters}"
             )
-        self.config_changes = config_changes(stored_config(state, path), self.cfg, method_config)
+        self.config_changes = config_changes(stored_config(state, path), self.cfg, self._method_section)
         refused = {k: v for k, v in self.config_changes.items() if k not in RESUME_FREE_KEYS}
         if refused and not self.allow_config_change:
             raise ConfigError(
@@ -494,16 +505,25 @@ class Trainer:
         else:
             set_rng_state(rng["per_rank"][self.dist.rank] if "per_rank" in rng else rng)
 
+    def _method_section(self, section: dict[str, Any], origin=None) -> MethodConfig:
+        """A method section with its defaults, by this run's method ``Config``; another method's section (a
+        checkpoint trained with it) as stored."""
+        if section["name"] != self.cfg.method["name"]:
+            return _StoredSection(**{key: value for key, value in section.items() if key != "name"})
+        return validate_method_section(self.method_class, section, origin)
+
 
 def _describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
     return ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
 
 
-def train(cfg: Config, resume: bool = False, overwrite: bool = False,
-          allow_config_change: bool = False) -> EvalResult | None:
-    """Train ``cfg`` to its end; the process group of a torchrun launch is destroyed afterwards."""
+def train(cfg: Config, method_class: type[Method], method_cfg: MethodConfig, resume: bool = False,
+          overwrite: bool = False, allow_config_change: bool = False) -> EvalResult | None:
+    """Train ``cfg`` with its resolved method to the end (``train(*sparseg.build.resolve(cfg))``); the process
+    group of a torchrun launch is destroyed afterwards."""
     try:
-        trainer = Trainer(cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change)
+        trainer = Trainer(cfg, method_class, method_cfg, resume=resume, overwrite=overwrite,
+                          allow_config_change=allow_config_change)
         if trainer.iteration >= trainer.total_iters:
             trainer.logger.message(f"{cfg.out}/last.pt already finished {trainer.total_iters} iterations")
             trainer.close()

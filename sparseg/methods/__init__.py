@@ -49,15 +49,19 @@ def list_methods() -> list[str]:
     return METHODS.names()
 
 
-def method_config(section: dict[str, Any], origin=None) -> MethodConfig:
-    """The ``method`` section (``name`` and the method's keys) validated by the method's own ``Config``;
-    ``origin(key)`` names where a bad key was set (see ``sparseg.config.config_from_dict``)."""
-    options = dict(section)
-    cls = method_class(options.pop("name"))
+def validate_method_section(cls: type[Method], section: dict[str, Any], origin=None) -> MethodConfig:
+    """The ``method`` section (``name`` and the method's keys) validated by ``cls.Config``; ``origin(key)``
+    names where a bad key was set (see ``sparseg.config.config_from_dict``)."""
+    options = {key: value for key, value in section.items() if key != "name"}
     try:
         return cls.Config(**options)
     except ValidationError as err:
         raise ConfigError(format_errors(err, prefix="method", schema=cls.Config, origin=origin)) from None
+
+
+def method_config(section: dict[str, Any], origin=None) -> MethodConfig:
+    """The ``method`` section validated by the ``Config`` of the method it names (a ``MethodValidator``)."""
+    return validate_method_section(method_class(section["name"]), section, origin)
 
 
 def method_schema(name: str):
@@ -71,17 +75,18 @@ def create_method(name: str, model, cfg, context):
     return method_class(name)(model, cfg, context)
 
 
-def build_method(cfg: Config, num_classes: int, world_size: int = 1, rank: int = 0,
-                 class_prior: torch.Tensor | None = None) -> Method:
-    """The model and method a config describes (no weights loaded besides ``model.pretrained``)."""
+def build_method(cfg: Config, cls: type[Method], method_cfg: MethodConfig, num_classes: int, world_size: int = 1,
+                 rank: int = 0, class_prior: torch.Tensor | None = None) -> Method:
+    """The model of ``cfg`` inside method ``cls`` with its validated section ``method_cfg`` (no weights loaded
+    besides ``model.pretrained``); ``build_method(*sparseg.build.resolve(cfg), num_classes)``."""
     from sparseg.methods.base import MethodContext
     from sparseg.models import create_model
 
     model = create_model(cfg.model, num_classes)
     context = MethodContext(num_classes=num_classes, seed=cfg.seed, world_size=world_size, rank=rank,
                             class_prior=class_prior)
-    return create_method(cfg.method["name"], model, method_config(cfg.method), context)
+    return cls(model, method_cfg, context)
 
 
 __all__ = ["METHODS", "METHOD_MODULES", "build_method", "create_method", "list_methods", "method_class",
-           "method_config", "method_schema", "register_method"]
+           "method_config", "method_schema", "register_method", "validate_method_section"]

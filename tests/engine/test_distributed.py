@@ -37,12 +37,12 @@ def test_torchrun_two_processes_match_one(tmp_path):
 
     one = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["method"]
     two = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["method"]
-    from sparseg.build import load_config
+    from sparseg.build import load_config, resolve
     from sparseg.engine.trainer import seed_everything
     from sparseg.methods import build_method
 
     seed_everything(0)  # as the trainer does before building the model
-    start = build_method(load_config(cfg), 5).state_dict()
+    start = build_method(*resolve(load_config(cfg)), 5).state_dict()
     # BN statistics are per process on CPU (SyncBN is CUDA-only), which changes the gradients of layers
     # in front of BN a lot at 2 images per process. The classifier, after every BN, must still take the
     # same step within 15%: a wrong gradient reduction (sum instead of mean) would double it.

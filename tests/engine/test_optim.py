@@ -45,19 +45,20 @@ def test_lr_schedule_shift_is_the_references_order():
 def test_trainer_applies_the_lr_schedule_shift(tmp_path):
     import json
 
+    from sparseg.build import resolve
     from sparseg.config import config_from_dict
     from sparseg.data import make_synthetic_dataset
     from sparseg.engine.trainer import train
 
     root = make_synthetic_dataset(tmp_path / "data", n_train=8, n_val=1, size=16)
-    train(config_from_dict({
+    train(*resolve(config_from_dict({
         "out": str(tmp_path / "run"),
         "data": {"dataset": "synthetic", "root": str(root), "train_list": "train.txt", "crop_size": 16,
                  "batch_size": 2, "workers": 0},
         "model": {"encoder": "resnet18", "stem": "plain", "width": 4, "decoder_channels": 8},
         "optim": {"base_lr": 0.01, "lr_schedule_shift": 1},
         "train": {"iters": 3, "log_every": 1, "device": "cpu"},
-    }))
+    })))
     logged = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
               if '"lr"' in line]
     assert logged == pytest.approx([0.01, 0.01, 0.01 * (1 - 1 / 3) ** 0.9])

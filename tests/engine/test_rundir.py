@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sparseg.build import resolve
 from sparseg.cli import main
 from sparseg.config import dump_config
 from sparseg.engine.rundir import LOCK_NAME, RunDirError, RunLock
@@ -133,7 +134,7 @@ def test_resume_writes_no_step_twice(tiny_config, tmp_path):
                 raise Crash
 
     with pytest.raises(Crash):
-        CrashAfterThree(cfg).fit()
+        CrashAfterThree(*resolve(cfg)).fit()
     assert main(["train", write_yaml(cfg, tmp_path / "cfg.yaml"), "--resume"]) == 0
 
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from sparseg.build import resolve
 from sparseg.data import DataError, make_synthetic_dataset
 from sparseg.engine import trainer
 from sparseg.engine.trainer import Trainer
@@ -41,13 +42,13 @@ def test_resume_after_an_improvement_keeps_best(tiny_config, monkeypatch):
             return result
 
     with pytest.raises(Crash):
-        StopAfterFour(cfg, quiet=True).fit()
+        StopAfterFour(*resolve(cfg), quiet=True).fit()
     run = Path(cfg.out)
     last = torch.load(run / "last.pt", weights_only=True)
     assert (last["iteration"], last["best_miou"]) == (4, 30.0)  # the best including its own evaluation
     best = (run / "best.pt").read_bytes()
 
-    Trainer(cfg, resume=True, quiet=True).fit()
+    Trainer(*resolve(cfg), resume=True, quiet=True).fit()
     assert torch.load(run / "last.pt", weights_only=True)["iteration"] == 6
     assert (run / "best.pt").read_bytes() == best
     assert torch.load(run / "best.pt", weights_only=True)["iteration"] == 4
@@ -58,10 +59,10 @@ def test_last_checkpoint_is_written_before_evaluation(tiny_config, monkeypatch):
     scripted_evaluation(monkeypatch, {2: None, 4: 5.0})
     cfg = tiny_config()
     with pytest.raises(Crash):
-        Trainer(cfg, quiet=True).fit()
+        Trainer(*resolve(cfg), quiet=True).fit()
     assert torch.load(Path(cfg.out) / "last.pt", weights_only=True)["iteration"] == 2
     scripted_evaluation(monkeypatch, {4: 5.0})
-    resumed = Trainer(cfg, resume=True, quiet=True)
+    resumed = Trainer(*resolve(cfg), resume=True, quiet=True)
     assert resumed.iteration == 2
     resumed.fit()
     assert torch.load(Path(cfg.out) / "best.pt", weights_only=True)["iteration"] == 4
@@ -78,7 +79,7 @@ def test_every_list_is_checked_before_the_model_is_built(tiny_config, tmp_path, 
 
     monkeypatch.setattr(trainer, "build_method", build_method)
     with pytest.raises(DataError, match=f"{mask.name}: mask size 24x20 differs from image"):
-        Trainer(tiny_config(root=root), quiet=True)
+        Trainer(*resolve(tiny_config(root=root)), quiet=True)
 
 
 def test_resume_refuses_config_edits_unless_allowed_and_records_them(tiny_config, monkeypatch):
@@ -88,19 +89,19 @@ def test_resume_refuses_config_edits_unless_allowed_and_records_them(tiny_config
 
     scripted_evaluation(monkeypatch, {2: None, 4: 5.0})
     with pytest.raises(Crash):
-        Trainer(tiny_config(), quiet=True).fit()  # last.pt at iteration 2
+        Trainer(*resolve(tiny_config()), quiet=True).fit()  # last.pt at iteration 2
     edited = tiny_config()
     edited.optim.base_lr, edited.data.flip = 0.02, False
     with pytest.raises(ConfigError) as err:
-        Trainer(edited, resume=True, quiet=True)
+        Trainer(*resolve(edited), resume=True, quiet=True)
     message = str(err.value)
     assert "data.flip True -> False, optim.base_lr 0.01 -> 0.02; resume with that config" in message
     assert "pass --allow-config-change" in message and "train.eval_every" in message
     history = Path(edited.out) / "config_history.yaml"
     assert not history.exists()
     cadence = tiny_config(eval_every=1)  # evaluation cadence: no flag needed
-    Trainer(cadence, resume=True, quiet=True).close()
-    Trainer(edited, resume=True, quiet=True, allow_config_change=True).close()
+    Trainer(*resolve(cadence), resume=True, quiet=True).close()
+    Trainer(*resolve(edited), resume=True, quiet=True, allow_config_change=True).close()
     entries = yaml.safe_load(history.read_text())
     assert [e["changes"] for e in entries] == [
         {"train.eval_every": {"old": 2, "new": 1}},
@@ -110,7 +111,7 @@ def test_resume_refuses_config_edits_unless_allowed_and_records_them(tiny_config
 
 def test_train_log_states_the_loss_weights(tiny_config):
     cfg = tiny_config(iters=1, eval_every=0)
-    Trainer(cfg).fit()
+    Trainer(*resolve(cfg)).fit()
     log = (Path(cfg.out) / "train.log").read_text()
     assert "loss = Σ weight · term (logged terms are unweighted); weights: aux 0.4, others 1" in log
 
@@ -126,7 +127,7 @@ def test_ctrl_c_writes_curves_and_says_interrupted_in_train_log(tiny_config, mon
 
     monkeypatch.setattr(Trainer, "_train_step", interrupted_at_3)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg).fit()
+        Trainer(*resolve(cfg)).fit()
     run = Path(cfg.out)
     assert (run / "train.log").read_text().splitlines()[-1].endswith(
         f"interrupted at iteration 3; --resume continues from {run / 'last.pt'}")
@@ -136,6 +137,6 @@ def test_ctrl_c_writes_curves_and_says_interrupted_in_train_log(tiny_config, mon
 def test_a_finished_run_stops_its_persistent_loader_workers(tiny_config):
     cfg = tiny_config(iters=2, eval_every=0)
     cfg.data.workers = 1
-    run = Trainer(cfg, quiet=True)
+    run = Trainer(*resolve(cfg), quiet=True)
     run.fit()
     assert all(stream.loader._iterator is None for stream in run.streams)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from sparseg.build import resolve
 from sparseg.config import config_from_dict
 from sparseg.engine.trainer import train
 from sparseg.eval.analyze import cluster_scores, sample_features
@@ -57,7 +58,7 @@ def test_run_analyze_on_a_checkpoint(tmp_path, capsys):
         "model": {"encoder": "resnet18", "stem": "plain", "width": 8, "decoder_channels": 16},
         "train": {"iters": 2, "log_every": 1, "device": "cpu"},
     }
-    train(config_from_dict(raw))
+    train(*resolve(config_from_dict(raw)))
     capsys.readouterr()
     from sparseg.cli import main
 

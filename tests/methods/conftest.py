@@ -5,6 +5,7 @@ from typing import ClassVar
 import pytest
 import torch
 
+from sparseg.build import resolve
 from sparseg.config import ModelConfig, config_from_dict
 from sparseg.data import create_dataset_spec, make_synthetic_dataset, write_splits
 from sparseg.engine.trainer import Trainer
@@ -127,12 +128,12 @@ def assert_resume_is_exact(semi_run_config):
 
     def check(method, data=None, **model_options):
         model = {**TINY_MODEL, **model_options}
-        straight = Trainer(config_from_dict(semi_run_config(method, "straight", model, data)), quiet=True)
+        straight = Trainer(*resolve(config_from_dict(semi_run_config(method, "straight", model, data))), quiet=True)
         straight.fit()
         cfg = config_from_dict(semi_run_config(method, "resumed", model, data))
         with pytest.raises(Crash):
-            CrashAfterCheckpoint(cfg, quiet=True).fit()
-        resumed = Trainer(cfg, resume=True, quiet=True)
+            CrashAfterCheckpoint(*resolve(cfg), quiet=True).fit()
+        resumed = Trainer(*resolve(cfg), resume=True, quiet=True)
         assert resumed.iteration == 2
         resumed.fit()
         a, b = straight.method.state_dict(), resumed.method.state_dict()

@@ -10,6 +10,7 @@ import io
 import pytest
 import torch
 
+from sparseg.build import resolve
 from sparseg.config import config_from_dict
 from sparseg.data import create_dataset_spec, sparsify_list
 from sparseg.engine.trainer import Trainer
@@ -79,7 +80,7 @@ def dense(batch_: dict) -> dict:
 
 def build(run_config, name: str, seed: int = 0):
     torch.manual_seed(seed)
-    method = build_method(config_from_dict(run_config(name, "unit")), NUM_CLASSES)
+    method = build_method(*resolve(config_from_dict(run_config(name, "unit"))), NUM_CLASSES)
     return method.train()
 
 

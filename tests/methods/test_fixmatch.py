@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from sparseg.build import resolve
 from sparseg.config import config_from_dict
 from sparseg.engine.trainer import Trainer
 from sparseg.methods.base import Step
@@ -104,6 +105,6 @@ def test_plugin_gets_one_view_and_its_terms_enter_the_bracket(make_consistency, 
 
 
 def test_trainer_end_to_end(semi_run_config):
-    trainer = Trainer(config_from_dict(semi_run_config({"name": "fixmatch"}, "fixmatch")), quiet=True)
+    trainer = Trainer(*resolve(config_from_dict(semi_run_config({"name": "fixmatch"}, "fixmatch"))), quiet=True)
     result = trainer.fit()
     assert trainer.iteration == 4 and 0.0 <= result.miou <= 100.0

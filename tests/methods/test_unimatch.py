@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from sparseg.build import resolve
 from sparseg.config import config_from_dict
 from sparseg.engine.trainer import Trainer
 from sparseg.methods.base import Step, step_generator
@@ -60,6 +61,6 @@ def test_plugin_views_carry_quarter_weights_and_own_boxes(make_consistency, cons
 
 
 def test_trainer_end_to_end(semi_run_config):
-    trainer = Trainer(config_from_dict(semi_run_config({"name": "unimatch"}, "unimatch")), quiet=True)
+    trainer = Trainer(*resolve(config_from_dict(semi_run_config({"name": "unimatch"}, "unimatch"))), quiet=True)
     trainer.fit()
     assert trainer.iteration == 4 and set(trainer.method.extra_logs()) == {"mask_ratio"}

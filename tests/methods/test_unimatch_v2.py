@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from sparseg.build import resolve
 from sparseg.config import config_from_dict
 from sparseg.engine.trainer import Trainer
 from sparseg.methods.base import Step, step_generator
@@ -97,7 +98,7 @@ def test_trainer_end_to_end_with_tiny_dpt(semi_run_config, tmp_path):
              "dpt_layers": [0, 1, 2, 3]}
     raw = semi_run_config({"name": "unimatch_v2"}, "dpt", model=model)
     raw["optim"] = {"name": "adamw", "base_lr": 1e-4, "head_lr_mult": 10.0, "weight_decay": 0.01}
-    trainer = Trainer(config_from_dict(raw), quiet=True)
+    trainer = Trainer(*resolve(config_from_dict(raw)), quiet=True)
     result = trainer.fit()
     assert isinstance(trainer.optimizer, torch.optim.AdamW)
     assert trainer.iteration == 4 and 0.0 <= result.miou <= 100.0

@@ -6,6 +6,7 @@ import math
 import pytest
 import yaml
 
+from sparseg.build import resolve
 from sparseg.config import ConfigError, config_from_dict
 from sparseg.data import create_dataset_spec, make_synthetic_dataset, write_splits
 from sparseg.demo import DEMO_RECIPES, DemoRecipe, run_demo
@@ -24,7 +25,7 @@ def test_fixmatch_with_depmatch_trains(tmp_path):
         "method": {"name": "fixmatch", "depmatch": {"unit": 7.0}},
     }
     write_splits(root / "train.txt", root, create_dataset_spec(config_from_dict(raw).data), "1/4", 0, root / "split")
-    train(config_from_dict(raw))
+    train(*resolve(config_from_dict(raw)))
     logged = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert math.isfinite(logged["loss"]) and logged["cddp"] > 0 and logged["uldr"] > 0
 
@@ -46,7 +47,7 @@ def test_fixmatch_with_online_depth_trains_without_depth_maps(tmp_path, tiny_est
             "cddp": {"grid_stride": 4}, "uldr": {"grid_stride": 4}}},
     }
     write_splits(root / "train.txt", root, create_dataset_spec(config_from_dict(raw).data), "1/4", 0, root / "split")
-    train(config_from_dict(raw))
+    train(*resolve(config_from_dict(raw)))
     logged = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert math.isfinite(logged["loss"]) and logged["cddp"] > 0 and logged["uldr"] > 0
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["method"]

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sparseg.build import resolve
 from sparseg.config import ModelConfig, config_from_dict
 from sparseg.data import make_synthetic_dataset
 from sparseg.engine.trainer import Trainer
@@ -139,7 +140,7 @@ class Crash(Exception):
 
 
 def test_resume_is_exact_and_pretrained_file_follows_each_checkpoint(pretrain_config, tmp_path):
-    straight = Trainer(config_from_dict(pretrain_config("straight")), quiet=True)
+    straight = Trainer(*resolve(config_from_dict(pretrain_config("straight"))), quiet=True)
     straight.fit()
 
     class CrashAtTwo(Trainer):
@@ -151,9 +152,9 @@ def test_resume_is_exact_and_pretrained_file_follows_each_checkpoint(pretrain_co
 
     cfg = config_from_dict(pretrain_config("resumed"))
     with pytest.raises(Crash):
-        CrashAtTwo(cfg, quiet=True).fit()
+        CrashAtTwo(*resolve(cfg), quiet=True).fit()
     assert torch.load(tmp_path / "resumed" / "pretrained.pt", weights_only=True)["iteration"] == 2
-    resumed = Trainer(cfg, resume=True, quiet=True)
+    resumed = Trainer(*resolve(cfg), resume=True, quiet=True)
     resumed.fit()
     a, b = straight.method.state_dict(), resumed.method.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
