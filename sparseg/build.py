@@ -1,14 +1,16 @@
 """Assembling a run, above config, models, methods and engine: a config loaded with its method section validated
-(before any data is read) and resolved once into the method's class and typed section, and a trained model
-rebuilt from a checkpoint. The command line, the demo, ``sparseg annotate`` and the benchmarks import these
-instead of passing callbacks."""
+(before any data is read) and resolved once into the method's class and typed section, a trained model rebuilt
+from a checkpoint, and predictions written with it. The command line, the demo, ``sparseg annotate`` and the
+benchmarks import these instead of passing callbacks."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import torch
 from torch import nn
 
 from sparseg.config import Config, apply_overrides, config_from_dict, override_keys, override_origin
@@ -41,6 +43,13 @@ def resolve(cfg: Config) -> Resolved:
     return Resolved(cfg, cls, validate_method_section(cls, cfg.method))
 
 
+def inference_device(cfg: Config) -> torch.device:
+    """The device ``train.device`` names, for one process (``auto``: CUDA when available)."""
+    from sparseg.engine.distributed import DistInfo, resolve_device
+
+    return resolve_device(cfg.train.device, DistInfo())
+
+
 class Trained(NamedTuple):
     """A model rebuilt from a checkpoint: the run's config (with overrides), the checkpoint's contents, the chosen
     model (eval mode) and its name among the method's models."""
@@ -70,3 +79,30 @@ def load_trained(checkpoint: str | Path, overrides: list[str], model_name: str |
         raise CheckpointError(f"--model {name}: this checkpoint has {', '.join(models)}")
     return Trained(cfg, state, models[name].eval(), name)
 
+
+class Predictions(NamedTuple):
+    """What ``predict_files`` wrote: the output folder as given, the number of masks, the images skipped."""
+
+    out: str | Path
+    written: int
+    skipped: list[Path]
+
+    def summary(self) -> str:
+        """The line ``sparseg predict`` prints."""
+        skipped = f"; skipped {len(self.skipped)} unreadable image(s)" if self.skipped else ""
+        return f"wrote {self.written} predictions to {self.out}{skipped}"
+
+
+def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Path, overlay: bool = False,
+                  overwrite: bool = False, overrides: Sequence[str] = (), model_name: str | None = None) -> Predictions:
+    """Palette PNG masks (and overlays) of the images and folders ``inputs`` under ``out`` by the checkpoint's
+    model (``sparseg predict``); every output is checked before the checkpoint is read."""
+    from sparseg.eval.predict import plan_predictions, write_predictions
+
+    plan = plan_predictions(inputs, Path(out), overlay, overwrite)
+    cfg, state, model, _ = load_trained(checkpoint, list(overrides), model_name)
+    device = inference_device(cfg)
+    palette = [tuple(c) for c in state["palette"]]
+    skipped = write_predictions(model.to(device), plan, state["num_classes"], palette, cfg.eval, device,
+                                on_bad_image=cfg.data.on_bad_image)
+    return Predictions(out, len(plan) - len(skipped), skipped)

@@ -222,14 +222,8 @@ def cmd_pretrain(args) -> int:
     return cmd_train(args, pretraining=True)
 
 
-def _device(cfg):
-    from sparseg.engine.distributed import DistInfo, resolve_device
-
-    return resolve_device(cfg.train.device, DistInfo())
-
-
 def cmd_eval(args) -> int:
-    from sparseg.build import load_trained
+    from sparseg.build import inference_device, load_trained
     from sparseg.data import EvalTransform, build_dataset, create_dataset_spec
     from sparseg.engine.checkpoint import CheckpointError
     from sparseg.eval import evaluate, format_table
@@ -244,7 +238,7 @@ def cmd_eval(args) -> int:
         raise CheckpointError(
             f"the dataset has {spec.num_classes} classes but {args.checkpoint} predicts {state['num_classes']}"
         )
-    device = _device(cfg)
+    device = inference_device(cfg)
     dataset = build_dataset(cfg.data, "val_list", labeled=True, transform=EvalTransform())
     result = evaluate(model.to(device), dataset, cfg.eval, spec.num_classes, device, progress=True,
                       class_names=spec.class_names)
@@ -284,29 +278,22 @@ def _image_paths(inputs: list[str]) -> list[Path]:
 
 
 def cmd_predict(args) -> int:
-    from sparseg.build import load_trained
-    from sparseg.eval.predict import plan_predictions, write_predictions
+    from sparseg.build import predict_files
 
-    plan = plan_predictions(args.inputs, Path(args.out), args.overlay, args.overwrite)  # before any work
-    cfg, state, model, _ = load_trained(args.checkpoint, args.overrides, args.model)
-    device = _device(cfg)
-    palette = [tuple(c) for c in state["palette"]]
-    skipped = write_predictions(model.to(device), plan, state["num_classes"], palette, cfg.eval, device,
-                                on_bad_image=cfg.data.on_bad_image)
-    print(f"wrote {len(plan) - len(skipped)} predictions to {args.out}"
-          + (f"; skipped {len(skipped)} unreadable image(s)" if skipped else ""))
+    print(predict_files(args.checkpoint, args.inputs, args.out, overlay=args.overlay, overwrite=args.overwrite,
+                        overrides=args.overrides, model_name=args.model).summary())
     return 0
 
 
 def cmd_pseudo_label(args) -> int:
-    from sparseg.build import load_trained
+    from sparseg.build import inference_device, load_trained
     from sparseg.pseudo_label import PseudoLabelError, run_pseudo_label
 
     if not 0 <= args.threshold <= 1 or args.updates < 0 or args.stride < 1:
         raise PseudoLabelError("--threshold must lie in [0, 1], --updates be >= 0 and --stride >= 1")
     cfg, _, model, name = load_trained(args.checkpoint, args.overrides, args.model)
     labeled = args.labeled or cfg.data.labeled_list or cfg.data.train_list
-    device = _device(cfg)
+    device = inference_device(cfg)
     manifest = run_pseudo_label(model.to(device), cfg, args.checkpoint, args.images, Path(args.out), labeled,
                                 args.align, args.threshold, args.updates, args.stride, args.overwrite, device)
     names = manifest["class_names"]
@@ -323,16 +310,12 @@ def cmd_pseudo_label(args) -> int:
 def cmd_demo(args) -> int:
     from sparseg.demo import run_demo
 
-    def predict(checkpoint: Path, images: list[Path], out: Path) -> None:  # `sparseg predict ... --overlay`
-        cmd_predict(build_parser().parse_args(["predict", str(checkpoint), *map(str, images), "--out", str(out),
-                                               "--overlay"]))
-
-    run_demo(method=args.method, out=Path(args.out), iters=args.iters, seed=args.seed, predict=predict)
+    run_demo(method=args.method, out=Path(args.out), iters=args.iters, seed=args.seed)
     return 0
 
 
 def cmd_analyze(args) -> int:
-    from sparseg.build import load_trained
+    from sparseg.build import inference_device, load_trained
     from sparseg.data import EvalTransform, build_dataset
     from sparseg.engine.checkpoint import CheckpointError
     from sparseg.eval.analyze import analyze_features
@@ -341,7 +324,7 @@ def cmd_analyze(args) -> int:
     if cfg.data.val_list is None:
         raise CheckpointError("no data.val_list: pass --set data.val_list=LIST")
     dataset = build_dataset(cfg.data, "val_list", labeled=True, transform=EvalTransform())
-    device = _device(cfg)
+    device = inference_device(cfg)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "analysis"
     scores = analyze_features(model.to(device), dataset, cfg.eval, state["class_names"], state["palette"], out,
                               args.samples, args.seed, device, args.embedding)

@@ -14,12 +14,11 @@ import copy
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparseg.build import resolve
+from sparseg.build import predict_files, resolve
 from sparseg.config import ConfigError, config_from_dict
 from sparseg.data import SYNTHETIC_CLASSES, create_dataset_spec, make_synthetic_dataset, sparsify_list, write_splits
 from sparseg.methods import method_class
@@ -32,9 +31,6 @@ DEMO_PLUGINS = {  # the synthetic data has true procedural depth (depmatch.md §
     # demo, with normalised ones it matches FixMatch (docs/methods/depmatch.md, "Feature scale")
     "depmatch": {"method": {"depmatch": {"cddp": {"feat_norm": "l2"}}}, "data": {"depth_dir": "depth"}},
 }
-
-# writes palette PNGs and overlays for (checkpoint, images, out folder): `sparseg predict`, passed in by the CLI
-Predict = Callable[[Path, list[Path], Path], None]
 
 
 @dataclass(frozen=True)
@@ -144,8 +140,9 @@ def _labels(method: str, cls: type, root: Path, out: Path) -> dict[str, Any]:
 
 
 def run_demo(method: str = "supervised", out: Path = Path("runs/demo"), iters: int | None = None,
-             seed: int = 0, predict: Predict | None = None) -> dict[str, float]:
-    """Generate the data (cached), train, evaluate, write curves (and predictions with ``predict``); return mIoUs."""
+             seed: int = 0) -> dict[str, float]:
+    """Generate the data (cached), train, evaluate, write curves and predictions of 8 validation images (with
+    overlays, as ``sparseg predict --overlay``); return the mIoUs."""
     import torch
 
     from sparseg.eval import format_table
@@ -184,10 +181,8 @@ def run_demo(method: str = "supervised", out: Path = Path("runs/demo"), iters: i
     gt_pixels = result.confusion.sum(1).double()
     chance = float(gt_pixels.max() / gt_pixels.sum() / len(SYNTHETIC_CLASSES) * 100)
     print(f"run directory: {run_dir} (curves.png, metrics.jsonl, last.pt, best.pt)")
-    if predict is not None:
-        predictions = run_dir / "predictions"
-        val_images = [root / line.split()[0] for line in (root / "val.txt").read_text().splitlines()[:8]]
-        predict(run_dir / "last.pt", val_images, predictions)
+    val_images = [root / line.split()[0] for line in (root / "val.txt").read_text().splitlines()[:8]]
+    print(predict_files(run_dir / "last.pt", val_images, run_dir / "predictions", overlay=True).summary())
     print(f"demo finished in {time.perf_counter() - started:.0f}s; majority-class baseline {chance:.1f} mIoU")
     if len(results) > 1:
         print("comparison: " + ", ".join(f"{k} {v:.2f}" for k, v in results.items()))

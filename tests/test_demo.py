@@ -94,6 +94,8 @@ def test_demo_command_trains_evaluates_and_predicts(tmp_path, monkeypatch, capsy
     assert (run / "last.pt").is_file()
     assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["name"] == "adamw"  # the recipe's config
     assert len(list((run / "predictions").rglob("*.png"))) == 3  # one mask per validation image
+    assert len(list((run / "predictions").rglob("*.overlay.jpg"))) == 3  # as `sparseg predict --overlay`
+    assert f"wrote 3 predictions to {run / 'predictions'}" in lines
 
 
 def test_pretraining_demo_compares_scratch_and_pretrained_and_replaces_its_own_runs(tmp_path, monkeypatch, capsys):
