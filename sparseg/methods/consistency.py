@@ -225,11 +225,13 @@ class ConsistencyMethod(Method):
         return PseudoLabels.from_logits(logits, valid, self.plugin is not None)
 
     def loss_weights(self) -> dict[str, float]:
-        """½ [L_x + Σ_s w_s L_u^s + w_fp L_fp + plug-in terms] as one weight per term (depmatch.md §6)."""
+        """½ [L_x + Σ_s w_s L_u^s + w_fp L_fp + plug-in terms] as one weight per term (depmatch.md §6); a plug-in
+        term averages the views by their weights w_s, so it weighs ½ λ Σ_s w_s (λ from the plug-in)."""
         weights = {"sup": 0.5, "aux": 0.5 * self.labeled_cfg.aux_weight, "fp": 0.5 * self.fp_weight}
         weights.update({f"unsup_s{v}": 0.5 * self.view_weight for v in range(1, self.num_views + 1)})
         if self.plugin is not None:
-            weights.update(dict.fromkeys(self.plugin.terms, 0.5))
+            views_weight = self.num_views * self.view_weight  # Σ_s w_s
+            weights.update({name: 0.5 * views_weight * lam for name, lam in self.plugin.loss_weights().items()})
         return weights
 
     def loss_terms(self, batch, step: Step):
@@ -262,7 +264,7 @@ class ConsistencyMethod(Method):
         if out.fp is not None:
             terms["fp"] = unsup_cross_entropy(out.fp, weak, self.cfg.threshold)
         if self.plugin is not None:
-            terms.update(self.plugin(plugin_views, step))  # sums over the views, weighted by λ and w_s inside (§6)
+            terms.update(self.plugin(plugin_views, step))  # unweighted, averaged over the views by w_s (§6)
         confident = (weak.conf >= self.cfg.threshold) & weak.valid
         self._logs["mask_ratio"] = confident.sum() / weak.valid.sum().clamp_min(1)
         self.class_shares.count("pseudo_label_share", weak.label.masked_fill(~confident, IGNORE))

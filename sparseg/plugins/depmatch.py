@@ -3,13 +3,15 @@
 Spec: the design notes ``docs/design/depmatch.md``; user guide: ``docs/methods/depmatch.md``. A consistency
 method builds ``DepMatch(cfg, num_classes, seed)`` and calls it once per step with one ``StrongView`` per strong view:
 
-    terms = depmatch(views, step)   # {"cddp": Σ_s w_s λ_cdp C^s, "uldr": Σ_s w_s λ_ur U^s}   (depmatch.md §6)
+    terms = depmatch(views, step)   # {"cddp": Σ_s w_s C^s / Σ_s w_s, "uldr": Σ_s w_s U^s / Σ_s w_s}
+    depmatch.loss_weights()         # {"cddp": λ_cdp, "uldr": λ_ur}
 
-Both terms are 0-dim tensors attached to the graph (also when nothing is processed) and are added
-inside the method's bracket. All maps are resized by ``to_grid`` onto a grid of ``grid_stride`` input
-pixels per cell; pair terms use at most ``max_pixels`` sampled cells per (image, class), so memory is
-O(P²) per term whatever the crop size (depmatch.md §7.5). Draws come from generators seeded by
-(seed, iteration, view, term): results do not depend on where a run was resumed.
+Both terms are unweighted 0-dim tensors attached to the graph (also when nothing is processed), each the
+views' values averaged with their weights w_s; the method weighs a term ½ λ Σ_s w_s, which adds
+½ Σ_s w_s (λ_cdp C^s + λ_ur U^s) to its total as depmatch.md §6 writes it. All maps are resized by ``to_grid``
+onto a grid of ``grid_stride`` input pixels per cell; pair terms use at most ``max_pixels`` sampled cells per
+(image, class), so memory is O(P²) per term whatever the crop size (depmatch.md §7.5). Draws come from
+generators seeded by (seed, iteration, view, term): results do not depend on where a run was resumed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -250,8 +252,6 @@ class _GridView:
 class DepMatch(nn.Module):
     """CDDP + ULDR on a list of strong views (depmatch.md §4-§6). No learnable parameters."""
 
-    terms: ClassVar[tuple[str, ...]] = ("cddp", "uldr")  # the names ``forward`` returns
-
     def __init__(self, cfg: DepMatchConfig | dict[str, Any], num_classes: int, seed: int = 0,
                  estimator: Callable[[Tensor], Tensor] | None = None) -> None:
         """``estimator`` (online only): crops [N,3,H,W] in [0, 1] → disparity [N,H,W]; default: ``cfg.estimator``
@@ -285,6 +285,10 @@ class DepMatch(nn.Module):
     def cddp_feature(self) -> str:
         """``cddp.feature``, for the method: hand over an undropped second head pass, or the dropped forward's."""
         return self.cfg.cddp.feature
+
+    def loss_weights(self) -> dict[str, float]:
+        """λ of each term ``forward`` returns; a consistency method weighs a term ½ λ Σ_s w_s (§6)."""
+        return {"cddp": self.cfg.lambda_cdp, "uldr": self.cfg.lambda_ur}
 
     def generator(self, step: Step, view: int, term: str) -> torch.Generator:
         """The CPU generator of one term's draws (pixel samples, class order) for (seed, iteration, view)."""
@@ -333,7 +337,9 @@ class DepMatch(nn.Module):
         return self.unit * depth
 
     def forward(self, views: list[StrongView], step: Step) -> dict[str, Tensor]:
-        """{"cddp": Σ_s w_s λ_cdp C^s, "uldr": Σ_s w_s λ_ur U^s}, each a 0-dim tensor in the graph (§6)."""
+        """{"cddp": Σ_s w_s C^s / Σ_s w_s, "uldr": Σ_s w_s U^s / Σ_s w_s}: C^s and U^s averaged over the views
+        with their weights, without λ (``loss_weights``); each a 0-dim tensor in the graph (§6). A term whose λ is
+        0 is not computed (0)."""
         if not views:
             return {"cddp": torch.zeros(()), "uldr": torch.zeros(())}
         zero = _attached_zero(views)
@@ -347,12 +353,13 @@ class DepMatch(nn.Module):
                 if self.cfg.lambda_cdp > 0:
                     value = self.cddp(view, depth, self.generator(step, index, "cddp"))
                     if value is not None:
-                        cddp = cddp + view.weight * self.cfg.lambda_cdp * value
+                        cddp = cddp + view.weight * value
                 if self.cfg.lambda_ur > 0:
                     value = self.uldr(view, depth, self.generator(step, index, "uldr"))
                     if value is not None:
-                        uldr = uldr + view.weight * self.cfg.lambda_ur * value
-        return {"cddp": cddp, "uldr": uldr}
+                        uldr = uldr + view.weight * value
+        views_weight = sum(view.weight for view in views)
+        return {"cddp": cddp / views_weight, "uldr": uldr / views_weight}
 
     # --------------------------------------------------------------------------------------- CDDP
     def cddp(self, view: StrongView, depth: Tensor, generator: torch.Generator) -> Tensor | None:

@@ -52,10 +52,9 @@ def consistency_batch():
 
 
 class RecordingPlugin:
-    """Stands in for ``sparseg.plugins.depmatch.DepMatch``: records its views, returns one term c."""
+    """Stands in for ``sparseg.plugins.depmatch.DepMatch``: records its views, returns one term c (λ = 1)."""
 
     instances: ClassVar[list["RecordingPlugin"]] = []
-    terms = ("depmatch_term",)
     cddp_feature = "undropped"
 
     def __init__(self, options, num_classes, seed):
@@ -63,6 +62,9 @@ class RecordingPlugin:
         self.views = []
         self.term = None
         RecordingPlugin.instances.append(self)
+
+    def loss_weights(self):
+        return {"depmatch_term": 1.0}
 
     def __call__(self, views, step):
         self.views = views

@@ -7,10 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from sparseg.config import ConfigError
+from sparseg.config import ConfigError, ModelConfig
 from sparseg.data.depth import robust_normalise
 from sparseg.data.transforms import cutmix
-from sparseg.methods.base import Step
+from sparseg.methods import method_class
+from sparseg.methods.base import MethodContext, Step
+from sparseg.models import create_model
 from sparseg.plugins.depmatch import DepMatch, DepMatchConfig, to_grid
 from sparseg.plugins.views import StrongView
 
@@ -342,12 +344,26 @@ def test_cross_source_pairs_switch_drops_seam_pairs():
     assert plugin(unit=7.0, cross_source_pairs=True, uldr={"inter": "all_pairs"})([far], STEP)["uldr"].item() > off
 
 
-def test_terms_are_weighted_by_lambda_and_view_weight():
+def test_terms_average_the_views_by_their_weights_and_lambda_is_their_loss_weight():
     views = [make_view(stripes(), torch.rand(1, 6, 6), seed=s, weight=w) for s, w in ((0, 0.5), (1, 0.25))]
     raw = [plugin()([replace(v, weight=1.0)], STEP) for v in views]  # C^s and U^s (no sampling at P = 512)
-    weighted = plugin(lambda_cdp=0.03, lambda_ur=0.005)(views, STEP)
-    for key, lam in (("cddp", 0.03), ("uldr", 0.005)):
-        assert weighted[key].item() == pytest.approx(lam * (0.5 * raw[0][key].item() + 0.25 * raw[1][key].item()))
+    depmatch = plugin(lambda_cdp=0.03, lambda_ur=0.005)
+    averaged = depmatch(views, STEP)
+    for key in ("cddp", "uldr"):
+        assert averaged[key].item() == pytest.approx((0.5 * raw[0][key].item() + 0.25 * raw[1][key].item()) / 0.75)
+    assert depmatch.loss_weights() == {"cddp": 0.03, "uldr": 0.005}
+
+
+@pytest.mark.parametrize(("name", "per_view"), [("fixmatch", (0.015, 0.0025)), ("unimatch", (0.00375, 0.000625)),
+                                                ("unimatch_v2", (0.0075, 0.00125))])
+def test_a_consistency_method_weighs_each_view_by_half_its_weight_times_lambda(name, per_view):
+    """depmatch.md §6: L = ½ [... + Σ_s w_s (λ_cdp C^s + λ_ur U^s)]; for UniMatch V2 0.0075 and 0.00125 per view."""
+    cls = method_class(name)
+    model = create_model(ModelConfig(encoder="resnet18", stem="plain", width=8, decoder_channels=16), 3)
+    method = cls(model, cls.Config(depmatch={"unit": 1.0}), MethodContext(3))
+    weights = method.loss_weights()
+    share = 1 / cls.num_views  # each view's part of a term that averages views of equal weight
+    assert (weights["cddp"] * share, weights["uldr"] * share) == pytest.approx(per_view, rel=1e-12)
 
 
 # ------------------------------------------------------------------------------------ online depth (§3)
