@@ -32,6 +32,25 @@ def make_consistency():
 
 
 @pytest.fixture
+def make_pseudo_labelling():
+    """``make(name, num_classes, class_prior=None, **method_options)``: any pseudo-labelling method around a tiny
+    DeepLabV3+, with the group and memory sizes a batch of 4 images at 32x32 needs and no warm-up."""
+
+    def make(name, num_classes, class_prior=None, **options):
+        if name in ("selftrain", "dgcl"):
+            options.update(warmup_epochs=0, filter_group_size=2)
+        if name == "dgcl":
+            options.update(contrast_group_size=2, min_memory=32, memory_size=64, density_min_memory=32,
+                           memory_positives=8, warmup_until_full=False)
+        torch.manual_seed(0)
+        model = create_model(ModelConfig(**TINY_MODEL, proj_dim=8 if name == "dgcl" else 0), num_classes)
+        context = MethodContext(num_classes=num_classes, seed=0, class_prior=class_prior)
+        return create_method(name, model, method_class(name).Config(**options), context)
+
+    return make
+
+
+@pytest.fixture
 def consistency_batch():
     """``batch(n=4, size=32)``: labeled and unlabeled images with crop padding on the right, and depth."""
 

@@ -137,19 +137,9 @@ def test_statistics_are_all_reduced_under_gloo(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["selftrain", "dgcl", "fixmatch", "unimatch", "unimatch_v2"])
-def test_every_pseudo_labelling_method_aligns(name):
-    options = {"pseudo_label": {"align": "hard_share"}}
-    if name in ("selftrain", "dgcl"):
-        options.update(warmup_epochs=0, filter_group_size=2)
-    if name == "dgcl":
-        options.update(contrast_group_size=2, min_memory=32, memory_size=64, density_min_memory=32,
-                       memory_positives=8, warmup_until_full=False)
-    cfg = method_class(name).Config(**options)
-    assert method_class(name).wants_class_prior(cfg)
-    torch.manual_seed(0)
-    model = create_model(ModelConfig(encoder="resnet18", stem="plain", width=8, decoder_channels=16,
-                                     proj_dim=8 if name == "dgcl" else 0), K)
-    method = create_method(name, model, cfg, MethodContext(num_classes=K, seed=0, class_prior=PRIOR * 100))
+def test_every_pseudo_labelling_method_aligns(name, make_pseudo_labelling):
+    method = make_pseudo_labelling(name, K, class_prior=PRIOR * 100, pseudo_label={"align": "hard_share"})
+    assert type(method).wants_class_prior(method.cfg)
     g = torch.Generator().manual_seed(0)
     valid = torch.ones(4, 32, 32, dtype=torch.bool)
     mask = torch.randint(0, K, (4, 32, 32), generator=g).masked_fill(~valid, IGNORE)

@@ -13,7 +13,6 @@ import torch
 from sparseg.build import resolve
 from sparseg.config import config_from_dict
 from sparseg.data import create_dataset_spec, sparsify_list
-from sparseg.engine.trainer import Trainer
 from sparseg.labels import IGNORE, UNLABELED
 from sparseg.methods import METHOD_MODULES, build_method, list_methods, method_class
 from sparseg.methods.base import Step

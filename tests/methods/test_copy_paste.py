@@ -6,14 +6,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from pydantic import ValidationError
 
-from sparseg.config import ModelConfig
 from sparseg.labels import IGNORE
-from sparseg.methods import create_method, method_class
-from sparseg.methods.base import MethodContext, Step
+from sparseg.methods import method_class
+from sparseg.methods.base import Step
 from sparseg.methods.consistency import PseudoLabels
 from sparseg.methods.copy_paste import CopyPasteConfig, RareClassCopyPaste
 from sparseg.methods.selftrain import split_groups
-from sparseg.models import create_model
 
 K = 4
 
@@ -126,18 +124,6 @@ def test_confidences_are_all_reduced_under_gloo(tmp_path):
         assert torch.allclose(torch.load(tmp_path / f"rank{rank}.pt")["confidence"], single.confidence, atol=1e-6)
 
 
-def _method(name, **options):
-    if name in ("selftrain", "dgcl"):
-        options.update(warmup_epochs=0, filter_group_size=2)
-    if name == "dgcl":
-        options.update(contrast_group_size=2, min_memory=32, memory_size=64, density_min_memory=32,
-                       memory_positives=8, warmup_until_full=False)
-    torch.manual_seed(0)
-    model = create_model(ModelConfig(encoder="resnet18", stem="plain", width=8, decoder_channels=16,
-                                     proj_dim=8 if name == "dgcl" else 0), K)
-    return create_method(name, model, method_class(name).Config(**options), MethodContext(num_classes=K, seed=0))
-
-
 def _batch():
     g = torch.Generator().manual_seed(0)
     valid = torch.ones(4, 32, 32, dtype=torch.bool)
@@ -147,17 +133,17 @@ def _batch():
 
 
 @pytest.mark.parametrize("name", ["selftrain", "dgcl", "fixmatch", "unimatch", "unimatch_v2"])
-def test_every_pseudo_labelling_method_pastes_and_learns_the_confidences(name):
-    method = _method(name, copy_paste={"classes": 2})
+def test_every_pseudo_labelling_method_pastes_and_learns_the_confidences(name, make_pseudo_labelling):
+    method = make_pseudo_labelling(name, K, copy_paste={"classes": 2})
     losses = method(_batch(), Step(0, 0, 10, 20))
     assert torch.isfinite(losses["loss"])
     assert bool(method.state_dict()["copy_paste.seen"].all())
     assert len(method.extra_logs()["copy_paste_confidence"]) == K
-    assert not any(key.startswith("copy_paste.") for key in _method(name).state_dict())
+    assert not any(key.startswith("copy_paste.") for key in make_pseudo_labelling(name, K).state_dict())
 
 
-def test_selftrain_pastes_within_each_filter_group_with_true_labels():
-    method = _method("selftrain", copy_paste={"classes": 1})
+def test_selftrain_pastes_within_each_filter_group_with_true_labels(make_pseudo_labelling):
+    method = make_pseudo_labelling("selftrain", K, copy_paste={"classes": 1})
     batch = _batch()
     labeled = batch["labeled"]
     groups = split_groups(4, 4, 2)
