@@ -14,6 +14,8 @@
 #   STAGE: all (default: supervised, then the two arms side by side, then scores), supervised, continued, semi,
 #   score. SEMI_CONFIG and SEMI_SET (extra --set items) change the semi arm, SEMI_NAME its folder, e.g.
 #   SEMI_NAME=selftrain_plain SEMI_SET="method.pseudo_label.align=none" bash benchmarks/camvid_payoff.sh 0 OUT semi
+#   ITERS lengthens both arms alike (train.iters, the same poly schedule stretched) and names their folders
+#   OUT/supervised_continued_ITERS and OUT/semi_ITERS (SEMI_NAME still wins for the semi arm).
 # One thread per process (two side by side on a 2-core CPU); CAMVID moves the data root.
 set -euo pipefail
 seed=${1:?usage: camvid_payoff.sh SEED OUT [STAGE]}
@@ -21,7 +23,10 @@ out=${2:?usage: camvid_payoff.sh SEED OUT [STAGE]}
 stage=${3:-all}
 root=${CAMVID:-../shared/datasets/camvid}
 semi_config=${SEMI_CONFIG:-configs/camvid/selftrain_aligned.yaml}
-semi_name=${SEMI_NAME:-semi}
+iters=${ITERS:-}
+semi_name=${SEMI_NAME:-semi${iters:+_$iters}}
+continued_name=supervised_continued${iters:+_$iters}
+schedule=${iters:+train.iters=$iters}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 labeled="data.train_list=splits/1_8/labeled.txt"
 start="$out/supervised/last.pt"
@@ -35,14 +40,15 @@ need_start() {
 }
 continued() {
   need_start
-  sparseg train configs/camvid/supervised.yaml --out "$out/supervised_continued" --overwrite \
-    --set seed="$seed" data.root="$root" "$labeled" model.pretrained="$start"
+  # shellcheck disable=SC2086  # $schedule is empty or one --set item
+  sparseg train configs/camvid/supervised.yaml --out "$out/$continued_name" --overwrite \
+    --set seed="$seed" data.root="$root" "$labeled" model.pretrained="$start" $schedule
 }
 semi() {
   need_start
   # shellcheck disable=SC2086  # SEMI_SET is a list of --set items
   sparseg train "$semi_config" --out "$out/$semi_name" --overwrite \
-    --set seed="$seed" data.root="$root" model.pretrained="$start" ${SEMI_SET:-}
+    --set seed="$seed" data.root="$root" model.pretrained="$start" $schedule ${SEMI_SET:-}
 }
 score() {
   for run in "$out"/*/; do
