@@ -91,7 +91,7 @@ def page_benchmark(strokes: int, seed: int) -> None:
                 before = path.stat().st_mtime_ns if path.exists() else 0
                 page.strokes([[(float(a), float(b)) for a, b in line]])
                 start = time.perf_counter()
-                page.wait(lambda: path.exists() and path.stat().st_mtime_ns != before
+                page.wait(lambda before=before: path.exists() and path.stat().st_mtime_ns != before
                           and page.attr("pendingSaves") == "0", timeout=120)
                 latencies.append((time.perf_counter() - start) * 1000)
             driver.execute_cdp_cmd("HeapProfiler.collectGarbage", {})

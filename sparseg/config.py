@@ -206,8 +206,8 @@ class Config(Section):
     @field_validator("method")
     @classmethod
     def _method_named(cls, v: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(v.get("name"), str):
-            raise ValueError("needs a name, e.g. method: {name: supervised} (README, Methods)")
+        if not isinstance(v.get("name"), str):  # pydantic turns a ValueError, not a TypeError, into its error
+            raise ValueError("needs a name, e.g. method: {name: supervised} (README, Methods)")  # noqa: TRY004
         return v
 
 

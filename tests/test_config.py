@@ -58,8 +58,8 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("data: [unclosed\n", r"cfg.yaml:2:1: not valid YAML: while parsing a flow sequence: expected ',' or ']', "
-                            r"but got '<stream end>'$"),
+    ("data: [unclosed\n", (r"cfg.yaml:2:1: not valid YAML: while parsing a flow sequence: expected ',' or ']', "
+                            r"but got '<stream end>'$")),
     ("data:\n  root: x\n   bad: 1\n", r"cfg.yaml:3:7: not valid YAML: mapping values are not allowed here$"),
     ("", r"cfg.yaml: the config file is empty"),
     ("# only a comment\n", r"cfg.yaml: the config file is empty"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CITATION = re.compile(r"(?:([a-z_]+\.md) )?§(\d+(?:\.\d+)*)")
-HEADING = re.compile(r"^#+ §?(\d+(?:\.\d+)*)\.? ", re.M)
+HEADING = re.compile(r"^#+ §?(\d+(?:\.\d+)*)\.? ", re.MULTILINE)
 MD_NAME = re.compile(r"\b[A-Za-z_][\w-]*\.md\b")
 
 

@@ -140,7 +140,7 @@ class Ranker:
                     unsaved = 0
             if unsaved:
                 self._save()
-        except Exception as err:  # shown in the page; the server keeps serving labels
+        except Exception as err:  # noqa: BLE001  shown in the page; the server keeps serving labels
             self.error = f"{type(err).__name__}: {err}"
 
     def _save(self) -> None:

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from sparseg.annotate import LabelError, LabelStore, encode_png, find_images, load_classes
-from sparseg.annotate.store import NO_FILE, VersionConflict, dataset_classes, lock_label_folder
+from sparseg.annotate.store import NO_FILE, VersionConflict, dataset_classes
 from sparseg.config import ConfigError, DataConfig
 from sparseg.data import DataError, EvalTransform, build_dataset, create_dataset_spec, read_split, sparsify_list
 from sparseg.labels import UNLABELED
