@@ -4,12 +4,15 @@ and heldout.json the script's score stage wrote.
 
     python benchmarks/summarize_payoff.py runs/payoff [--baseline supervised_continued] [--classes pavement pole]
     python benchmarks/summarize_payoff.py runs/payoff --markdown     # the table as in the docs
+
+An arm run with ITERS=N (folder name ending in _N) is compared with the baseline run as long (BASELINE_N).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -27,27 +30,38 @@ def load(root: Path) -> dict[str, dict[int, dict[str, dict]]]:
     return arms
 
 
+def baseline_of(arm: str, baseline: str) -> str:
+    """The baseline of the same schedule: ``semi_2400`` is compared with ``supervised_continued_2400``."""
+    schedule = re.search(r"_\d+$", arm)
+    return baseline + schedule.group() if schedule else baseline
+
+
 def _cell(runs: dict, base: dict, split: str, arm: str, baseline: str) -> str:
     seeds = sorted(runs)
     values = [runs[s][split]["miou"] for s in seeds]
     cell = f"{', '.join(f'{v:.2f}' for v in values)} | **{statistics.mean(values):.2f}** ± {(max(values) - min(values)) / 2:.2f}"
-    paired = [s for s in seeds if s in base]
-    if arm == baseline or not paired:
-        return cell + " | "
-    diffs = [runs[s][split]["miou"] - base[s][split]["miou"] for s in paired]
-    return cell + f" | {statistics.mean(diffs):+.2f} ({sum(d > 0 for d in diffs)}/{len(diffs)})"
+    versus = "" if arm == baseline else _versus(runs, base, split)
+    return cell + f" | {versus}"
 
 
-def print_markdown(arms: dict, base: dict, baseline: str, classes: list[str]) -> None:
-    print(f"| arm (seeds) | held-out per seed | mean ± half-range | vs {baseline} (seeds ahead) | val per seed | "
+def _versus(runs: dict, base: dict, split: str) -> str:
+    """Mean paired difference from the baseline and the seeds ahead, e.g. '+0.13 (3/5)'; '' with no pair."""
+    diffs = [runs[s][split]["miou"] - base[s][split]["miou"] for s in sorted(runs) if s in base]
+    return f"{statistics.mean(diffs):+.2f} ({sum(d > 0 for d in diffs)}/{len(diffs)})" if diffs else ""
+
+
+def print_markdown(arms: dict, baseline: str, classes: list[str]) -> None:
+    print(f"| arm (seeds) | held-out per seed | mean ± half-range | vs {baseline} as long (seeds ahead) | val per seed | "
           "mean ± half-range | vs baseline | " + " | ".join(f"{c} IoU held-out / val" for c in classes) + " |")
     print("|---" * (7 + len(classes)) + "|")
     for arm, runs in arms.items():
         seeds = ",".join(str(s) for s in sorted(runs))
         per_class = [" / ".join(f"{statistics.mean(runs[s][split]['iou'][c] for s in runs):.1f}"
                                 for split in ("heldout", "val")) for c in classes]
-        print(f"| {arm} ({seeds}) | {_cell(runs, base, 'heldout', arm, baseline)} | "
-              f"{_cell(runs, base, 'val', arm, baseline)} | " + " | ".join(per_class) + " |")
+        own = baseline_of(arm, baseline)
+        base = arms.get(own, {})
+        print(f"| {arm} ({seeds}) | {_cell(runs, base, 'heldout', arm, own)} | "
+              f"{_cell(runs, base, 'val', arm, own)} | " + " | ".join(per_class) + " |")
 
 
 def main() -> None:
@@ -58,21 +72,21 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="one markdown table, held-out and val")
     args = parser.parse_args()
     arms = load(args.root)
-    base = arms.get(args.baseline, {})
     if args.markdown:
-        print_markdown(arms, base, args.baseline, args.classes)
+        print_markdown(arms, args.baseline, args.classes)
         return
     for split in ("heldout", "val"):
-        print(f"\n{split} mIoU (per seed; mean, half-range; vs {args.baseline}: mean difference, seeds ahead)")
+        print(f"\n{split} mIoU (per seed; mean, half-range; vs {args.baseline} as long: mean difference (seeds ahead))")
         for arm, runs in arms.items():
+            own = baseline_of(arm, args.baseline)
+            base = arms.get(own, {})
             seeds = sorted(runs)
             values = [runs[s][split]["miou"] for s in seeds]
             line = (f"{arm:<22} " + " ".join(f"s{s} {v:5.2f}" for s, v in zip(seeds, values))
                     + f" | {statistics.mean(values):5.2f} ± {(max(values) - min(values)) / 2:4.2f}")
-            paired = [s for s in seeds if s in base]
-            if arm != args.baseline and paired:
-                diffs = [runs[s][split]["miou"] - base[s][split]["miou"] for s in paired]
-                line += f" | {statistics.mean(diffs):+5.2f}, ahead {sum(d > 0 for d in diffs)}/{len(diffs)}"
+            versus = "" if arm == own else _versus(runs, base, split)
+            if versus:
+                line += f" | {versus}"
             for name in args.classes:
                 ious = [runs[s][split]["iou"].get(name) for s in seeds]
                 line += f" | {name} {statistics.mean(v for v in ious if v is not None):5.2f}"
