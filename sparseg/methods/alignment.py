@@ -35,6 +35,10 @@ class PseudoLabelConfig(MethodConfig):
     momentum: float = Field(0.9, ge=0, lt=1)  # EMA momentum of the measured shares s (hard_share) or p̄ (mean_prob)
     rate: float = Field(0.1, gt=0)  # η, hard_share's bias step per iteration
     clip: float = Field(1.0, gt=0)  # δ, bound of one step's log-ratio
+    # global: one entropy or confidence threshold for all pixels (the reference); per_class: a pixel the global
+    # threshold drops is kept when its class's own threshold at the same kept share keeps it (docs/methods/
+    # alignment.md, "Per-class filter"), so a class the bias just made win the argmax is not filtered away
+    filter: Literal["global", "per_class"] = "global"
 
 
 def hard_share_step(prior: Tensor, share: Tensor, rate: float, clip: float) -> Tensor:

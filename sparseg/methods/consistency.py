@@ -3,7 +3,8 @@
 A teacher predicts the weak view x_w of each unlabeled image: probabilities P, confidence c, pseudo-label ŷ.
 Each strong view is x_w with strong photometric augmentation and a CutMix box pasted from a partner image
 of the same batch; ŷ, c and the valid mask take the partner's values inside the same box. The student
-learns ŷ on every strong view where c ≥ τ. Subclasses say how the student is run and weigh the terms:
+learns ŷ on every strong view where c ≥ τ (``pseudo_label.filter: per_class`` also keeps each class's most
+confident pixels at the kept share, see ``confident_pixels``). Subclasses say how the student is run and weigh the terms:
 
     L = ½ [L_x + Σ_s w_s L_u^s + w_fp L_fp + plug-in terms]                       (depmatch.md §6)
 
@@ -33,6 +34,7 @@ from sparseg.methods.supervised import SupervisedConfig, supervised_loss
 from sparseg.methods.teacher import create_teacher, ema_decay, ema_update, ema_update_buffers
 from sparseg.plugins.depmatch import DepMatch, DepMatchConfig
 from sparseg.plugins.views import StrongView
+from sparseg.stats import quantile
 
 
 class ConsistencyConfig(MethodConfig):
@@ -80,6 +82,19 @@ class ConsistencyConfig(MethodConfig):
         return self
 
 
+def confident_pixels(conf: Tensor, label: Tensor, valid: Tensor, threshold: float, per_class: bool = False) -> Tensor:
+    """valid ∧ c ≥ τ; ``per_class`` (docs/methods/alignment.md, "Per-class filter"): also each pseudo-class's
+    pixels with c ≥ τ_c, the quantile of its valid pixels' c at 1 − r, where r is the share c ≥ τ keeps, so
+    every class keeps at least the share r of its pixels."""
+    keep = (conf >= threshold) & valid
+    kept_share = float(keep.sum() / valid.sum().clamp_min(1))
+    if per_class and kept_share > 0:
+        for c in label[valid].unique():
+            members = valid & (label == c)
+            keep[members] |= conf[members] >= quantile(conf[members], 1.0 - kept_share)
+    return keep
+
+
 @dataclass
 class PseudoLabels:
     """The teacher's weak-view prediction at input resolution, CutMix-able field by field."""
@@ -87,13 +102,17 @@ class PseudoLabels:
     conf: Tensor  # c, [B,H,W]
     label: Tensor  # ŷ, int64 [B,H,W]
     valid: Tensor  # bool [B,H,W], False on crop padding
+    keep: Tensor  # bool [B,H,W], the pixels learned from: confident_pixels
     probs: Tensor | None = None  # P, [B,K,H,W]: kept only for a plug-in
 
     @classmethod
-    def from_logits(cls, logits: Tensor, valid: Tensor, keep_probs: bool = False) -> PseudoLabels:
+    def from_logits(
+        cls, logits: Tensor, valid: Tensor, threshold: float, per_class: bool = False, keep_probs: bool = False,
+    ) -> PseudoLabels:
         probs = upsample(logits.detach().float(), valid.shape[-2:]).softmax(1)
         conf, label = probs.max(1)
-        return cls(conf, label, valid, probs if keep_probs else None)
+        keep = confident_pixels(conf, label, valid, threshold, per_class)
+        return cls(conf, label, valid, keep, probs if keep_probs else None)
 
     def mixed(self, boxes: Tensor, partner: Tensor) -> PseudoLabels:
         """The pseudo-labels of a CutMixed view: the partner's values inside ``boxes``."""
@@ -103,17 +122,19 @@ class PseudoLabels:
         })
 
     def pasted(self, pasted: Pasted) -> PseudoLabels:
-        """Where copy-paste put labeled pixels: their true class, confidence 1, valid (no plug-in probabilities)."""
+        """Where copy-paste put labeled pixels: their true class, confidence 1, valid and kept (no plug-in
+        probabilities)."""
         mask = pasted.mask
-        return PseudoLabels(self.conf.masked_fill(mask, 1.0), pasted.labels(self.label), self.valid | mask)
+        return PseudoLabels(
+            self.conf.masked_fill(mask, 1.0), pasted.labels(self.label), self.valid | mask, self.keep | mask,
+        )
 
 
-def unsup_cross_entropy(logits: Tensor, target: PseudoLabels, threshold: float) -> Tensor:
-    """Σ CE(ŷ) · 1[c ≥ τ] · valid / Σ valid: normalised by valid pixels, not confident ones (§2)."""
+def unsup_cross_entropy(logits: Tensor, target: PseudoLabels) -> Tensor:
+    """Σ CE(ŷ) · keep / Σ valid, keep = valid ∧ c ≥ τ: normalised by valid pixels, not confident ones (§2)."""
     logits = upsample(logits, target.label.shape[-2:]).float()
     pixel_loss = F.cross_entropy(logits, target.label, reduction="none")
-    keep = (target.conf >= threshold) & target.valid
-    return (pixel_loss * keep).sum() / target.valid.sum().clamp_min(1)
+    return (pixel_loss * target.keep).sum() / target.valid.sum().clamp_min(1)
 
 
 def split_outputs(out: dict[str, Tensor], sizes: list[int]) -> list[dict[str, Tensor]]:
@@ -222,7 +243,9 @@ class ConsistencyMethod(Method):
         logits = logits.detach().float()
         if self.alignment.active:
             logits = self.alignment(logits, valid)
-        return PseudoLabels.from_logits(logits, valid, self.plugin is not None)
+        return PseudoLabels.from_logits(
+            logits, valid, self.cfg.threshold, self.cfg.pseudo_label.filter == "per_class", self.plugin is not None,
+        )
 
     def loss_weights(self) -> dict[str, float]:
         """½ [L_x + Σ_s w_s L_u^s + w_fp L_fp + plug-in terms] as one weight per term (depmatch.md §6); a plug-in
@@ -253,7 +276,7 @@ class ConsistencyMethod(Method):
             target = weak.mixed(boxes, partner)
             if pasted is not None:
                 target = target.pasted(pasted)
-            terms[f"unsup_s{v}"] = unsup_cross_entropy(student["pred"], target, self.cfg.threshold)
+            terms[f"unsup_s{v}"] = unsup_cross_entropy(student["pred"], target)
             if self.plugin is not None:
                 depth = {k: cutmix(unlabeled[k], boxes, partner) for k in ("depth", "depth_valid") if k in unlabeled}
                 plugin_views.append(StrongView(
@@ -262,12 +285,11 @@ class ConsistencyMethod(Method):
                     weak_image=cutmix(x_u, boxes, partner),
                 ))
         if out.fp is not None:
-            terms["fp"] = unsup_cross_entropy(out.fp, weak, self.cfg.threshold)
+            terms["fp"] = unsup_cross_entropy(out.fp, weak)
         if self.plugin is not None:
             terms.update(self.plugin(plugin_views, step))  # unweighted, averaged over the views by w_s (§6)
-        confident = (weak.conf >= self.cfg.threshold) & weak.valid
-        self._logs["mask_ratio"] = confident.sum() / weak.valid.sum().clamp_min(1)
-        self.class_shares.count("pseudo_label_share", weak.label.masked_fill(~confident, IGNORE))
+        self._logs["mask_ratio"] = weak.keep.sum() / weak.valid.sum().clamp_min(1)
+        self.class_shares.count("pseudo_label_share", weak.label.masked_fill(~weak.keep, IGNORE))
         self.class_shares.count("label_share", labeled["mask"])
         return terms
 

@@ -382,7 +382,8 @@ class DGCL(SelfTrain):
         valid_u = resize_nearest(outputs.unlabeled["valid"], size)
         labels_u = torch.empty(valid_u.shape, dtype=torch.long, device=valid_u.device)
         for group in outputs.filter_groups:
-            labels_u[group.unlabeled] = filter_pseudo_labels(probs_u[group.unlabeled], valid_u[group.unlabeled], alpha)
+            labels_u[group.unlabeled] = filter_pseudo_labels(
+                probs_u[group.unlabeled], valid_u[group.unlabeled], alpha, cfg.pseudo_label.filter == "per_class")
         return torch.cat([resize_nearest(outputs.labeled["mask"], size), labels_u])
 
     def contrast_classes(self) -> set[int]:

@@ -88,16 +88,25 @@ def split_groups(
     ]
 
 
-def filter_pseudo_labels(probs: Tensor, valid: Tensor, drop_percent: float) -> Tensor:
+def filter_pseudo_labels(probs: Tensor, valid: Tensor, drop_percent: float, per_class: bool = False) -> Tensor:
     """argmax labels of one group with the ``drop_percent`` % highest-entropy valid pixels and padding set to 255.
 
     Threshold t = quantile of ε over the valid pixels at level 1 − drop/100; pixels with ε ≥ t are dropped.
+    ``per_class`` (docs/methods/alignment.md, "Per-class filter"): a pixel of pseudo-class c is also kept when
+    ε < t_c, the same quantile over the valid pixels of class c, so every class keeps at least 1 − drop/100 of
+    its pixels.
     """
     labels = probs.argmax(1)
     keep = valid.clone()
     if drop_percent > 0 and valid.any():
         ent = entropy(probs)
-        keep &= ent < quantile(ent[valid], 1.0 - drop_percent / 100.0)
+        level = 1.0 - drop_percent / 100.0
+        passed = ent < quantile(ent[valid], level)
+        if per_class:
+            for c in labels[valid].unique():
+                members = valid & (labels == c)
+                passed[members] |= ent[members] < quantile(ent[members], level)
+        keep &= passed
     return labels.masked_fill(~keep, IGNORE)
 
 
@@ -116,21 +125,21 @@ def unsup_loss(logits: Tensor, target: Tensor) -> Tensor:
 
 def pseudo_label_and_mix(
     teacher_pred: Tensor, images: Tensor, valid: Tensor, groups: list[Group], drop_percent: float,
-    cutmix_prob: float, seed: int, iteration: int,
+    cutmix_prob: float, seed: int, iteration: int, per_class: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Mixed unlabeled images and their pseudo-labels (dgcl.md §2).
 
     Per group: teacher logits → bilinear to H×W → softmax → argmax labels with the ``drop_percent`` %
-    highest-entropy valid pixels and padding set to 255 (filtered before mixing); then, with
-    probability ``cutmix_prob`` (one draw per group), image i takes image (i + 1) mod n of its group
-    and its labels inside a half-area box.
+    highest-entropy valid pixels (``per_class``: see filter_pseudo_labels) and padding set to 255 (filtered
+    before mixing); then, with probability ``cutmix_prob`` (one draw per group), image i takes image (i + 1)
+    mod n of its group and its labels inside a half-area box.
     """
     size = images.shape[-2:]
     x_mix = torch.empty_like(images)
     y_mix = torch.empty(images.shape[:1] + size, dtype=torch.long, device=images.device)
     for group in groups:
         probs = upsample(teacher_pred[group.unlabeled], size).softmax(1)
-        x, y = images[group.unlabeled], filter_pseudo_labels(probs, valid[group.unlabeled], drop_percent)
+        x, y = images[group.unlabeled], filter_pseudo_labels(probs, valid[group.unlabeled], drop_percent, per_class)
         generator = step_generator(seed, iteration, "cutmix", group.index)
         if torch.rand((), generator=generator) < cutmix_prob:
             boxes = half_area_boxes(len(x), *size, generator)
@@ -243,7 +252,7 @@ class SelfTrain(Method):
         self._logs["unsup_drop_percent"] = drop_percent
         x_mix, y_mix = pseudo_label_and_mix(
             teacher_pred[n_labeled:], x_u, unlabeled["valid"], groups, drop_percent, cfg.cutmix_prob,
-            self.context.seed, step.iteration,
+            self.context.seed, step.iteration, cfg.pseudo_label.filter == "per_class",
         )
         self.class_shares.count("pseudo_label_share", y_mix)
         self.class_shares.count("label_share", labeled["mask"])

@@ -77,10 +77,12 @@ def test_pasted_pixels_carry_the_source_image_and_true_label_and_nothing_else_ch
         assert torch.equal(images[t][:, inside], sources[s][:, inside])
         assert torch.equal(images[t][:, ~inside], targets[t][:, ~inside])
         assert (labels[t][~inside] == 7).all()
-    weak = PseudoLabels(torch.full((2, 8, 8), 0.1), target_labels, torch.zeros(2, 8, 8, dtype=torch.bool))
+    nothing = torch.zeros(2, 8, 8, dtype=torch.bool)
+    weak = PseudoLabels(torch.full((2, 8, 8), 0.1), target_labels, nothing, nothing)
     target = weak.pasted(pasted)
     assert torch.equal(target.label, labels)
-    assert torch.equal(target.valid, pasted.mask) and (target.conf[pasted.mask] == 1).all()
+    assert torch.equal(target.valid, pasted.mask) and torch.equal(target.keep, pasted.mask)
+    assert (target.conf[pasted.mask] == 1).all()
 
 
 def test_off_saves_nothing_and_state_resumes_exactly():

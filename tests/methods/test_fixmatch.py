@@ -9,7 +9,7 @@ from sparseg.build import resolve
 from sparseg.config import config_from_dict
 from sparseg.engine.trainer import Trainer
 from sparseg.methods.base import Step
-from sparseg.methods.consistency import PseudoLabels, unsup_cross_entropy
+from sparseg.methods.consistency import PseudoLabels, confident_pixels, unsup_cross_entropy
 from sparseg.methods.losses import ohem_cross_entropy
 
 STEP = Step(iteration=3, epoch=0, iters_per_epoch=4, total_iters=8)
@@ -19,19 +19,38 @@ NO_PHOTOMETRIC = {"jitter_prob": 0.0, "gray_prob": 0.0, "blur_prob": 0.0}
 def test_unsup_ce_keeps_confident_valid_pixels_and_divides_by_valid_count():
     a = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
     logits = torch.stack([a, torch.zeros(2, 2)]).unsqueeze(0)  # class-0 logit a, class-1 logit 0
-    target = PseudoLabels(
-        conf=torch.tensor([[[0.99, 0.50], [0.97, 0.99]]]),
-        label=torch.tensor([[[0, 1], [1, 0]]]),
-        valid=torch.tensor([[[True, True], [True, False]]]),
-    )
+    conf = torch.tensor([[[0.99, 0.50], [0.97, 0.99]]])
+    label = torch.tensor([[[0, 1], [1, 0]]])
+    valid = torch.tensor([[[True, True], [True, False]]])
+
+    def target(threshold, valid=valid):
+        return PseudoLabels(conf, label, valid, confident_pixels(conf, label, valid, threshold))
+
     ce = {(0, 0): math.log(1 + math.exp(-0.0)), (1, 0): math.log(1 + math.exp(2.0))}  # confident and valid
     expected = sum(ce.values()) / 3  # three valid pixels, two of them confident
-    assert unsup_cross_entropy(logits, target, 0.95).item() == pytest.approx(expected, rel=1e-6)
+    assert unsup_cross_entropy(logits, target(0.95)).item() == pytest.approx(expected, rel=1e-6)
     # τ = 0 passes every valid pixel (§9.12); the invalid one never counts
     everything = ce[0, 0] + math.log(1 + math.exp(1.0)) + ce[1, 0]
-    assert unsup_cross_entropy(logits, target, 0.0).item() == pytest.approx(everything / 3, rel=1e-6)
-    empty = PseudoLabels(target.conf, target.label, torch.zeros_like(target.valid))
-    assert unsup_cross_entropy(logits.requires_grad_(), empty, 0.0).item() == 0.0
+    assert unsup_cross_entropy(logits, target(0.0)).item() == pytest.approx(everything / 3, rel=1e-6)
+    empty = target(0.0, torch.zeros_like(valid))
+    assert unsup_cross_entropy(logits.requires_grad_(), empty).item() == 0.0
+
+
+def test_per_class_confidence_filter_keeps_each_class_at_the_kept_share():
+    # 100 pixels: class 0 confident (0.96-0.99), class 1 (20 pixels) never reaches τ = 0.95
+    conf = torch.cat([torch.linspace(0.96, 0.99, 80), torch.linspace(0.5, 0.7, 20)]).view(1, 10, 10)
+    label = torch.cat([torch.zeros(80), torch.ones(20)]).long().view(1, 10, 10)
+    valid = torch.ones(1, 10, 10, dtype=torch.bool)
+    valid[0, 0, 0] = False
+    plain = confident_pixels(conf, label, valid, 0.95)
+    per_class = confident_pixels(conf, label, valid, 0.95, per_class=True)
+    assert not (plain & (label == 1)).any()
+    kept_share = float(plain.sum() / valid.sum())  # 79 of 99
+    assert int((per_class & (label == 1)).sum()) == pytest.approx(kept_share * 20, abs=1)
+    assert conf[per_class & (label == 1)].min() > conf[~per_class & (label == 1)].max()  # the most confident
+    assert (plain <= per_class).all() and not per_class[~valid].any()
+    nothing = confident_pixels(conf, label, valid, 1.0, per_class=True)  # τ keeps nothing: nor does a class
+    assert not nothing.any()
 
 
 def test_strong_view_and_pseudo_labels_share_one_box(make_consistency):
@@ -47,9 +66,9 @@ def test_strong_view_and_pseudo_labels_share_one_box(make_consistency):
     logits = torch.randn(n, 3, size, size)
     valid = torch.ones(n, size, size, dtype=torch.bool)
     valid[2, :, -5:] = False
-    weak = PseudoLabels.from_logits(logits, valid, keep_probs=True)
+    weak = PseudoLabels.from_logits(logits, valid, 0.5, keep_probs=True)
     mixed = weak.mixed(boxes, partner)
-    for field in ("conf", "label", "valid"):
+    for field in ("conf", "label", "valid", "keep"):
         own, pasted = getattr(weak, field), getattr(weak, field)[partner]
         assert torch.equal(getattr(mixed, field), torch.where(boxes, pasted, own)), field
     assert torch.equal(mixed.probs.argmax(1), mixed.label)

@@ -90,6 +90,25 @@ def test_filter_drops_the_highest_entropy_share_of_valid_pixels():
     assert (filter_pseudo_labels(probs, valid, 0.0)[valid] == 0).all()
 
 
+def test_per_class_filter_keeps_each_class_share_and_everything_the_global_filter_keeps():
+    n, h, w = 2, 10, 10
+    rare = torch.zeros(n, h, w, dtype=torch.bool)
+    rare[:, :2] = True  # 40 of 200 pixels: pseudo-class 1, each less confident than any pixel of class 0
+    top = rare.long()
+    confidence = torch.where(rare, torch.linspace(0.35, 0.45, n * h * w).view(n, h, w),
+                             torch.linspace(0.8, 0.99, n * h * w).view(n, h, w))
+    probs = ((1 - confidence) / (K - 1)).unsqueeze(1).repeat(1, K, 1, 1)
+    probs.scatter_(1, top.unsqueeze(1), confidence.unsqueeze(1))
+    valid = torch.ones(n, h, w, dtype=torch.bool)
+    drop = 20.0
+    global_labels = filter_pseudo_labels(probs, valid, drop)
+    per_class = filter_pseudo_labels(probs, valid, drop, per_class=True)
+    assert not (global_labels == 1).any()  # one global threshold erases the uncertain class
+    assert int((per_class == 1).sum()) == pytest.approx((1 - drop / 100) * int(rare.sum()), abs=1)
+    assert ((global_labels != IGNORE) <= (per_class != IGNORE)).all()  # a superset of the global filter
+    assert torch.equal(filter_pseudo_labels(probs, valid, 0.0, per_class=True), top)
+
+
 def test_schedules_beta_at_e0_and_decay():
     method = make_method(warmup_epochs=1)
     batch = fake_batch()
