@@ -136,21 +136,42 @@ def test_statistics_are_all_reduced_under_gloo(tmp_path):
         assert torch.allclose(state["share"], single.share, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["selftrain", "dgcl", "fixmatch", "unimatch", "unimatch_v2"])
-def test_every_pseudo_labelling_method_aligns(name, make_pseudo_labelling):
-    method = make_pseudo_labelling(name, K, class_prior=PRIOR * 100, pseudo_label={"align": "hard_share"})
-    assert type(method).wants_class_prior(method.cfg)
+PSEUDO_LABELLING = ["selftrain", "dgcl", "fixmatch", "unimatch", "unimatch_v2"]
+
+
+def random_batch():
     g = torch.Generator().manual_seed(0)
     valid = torch.ones(4, 32, 32, dtype=torch.bool)
     mask = torch.randint(0, K, (4, 32, 32), generator=g).masked_fill(~valid, IGNORE)
-    batch = {"labeled": {"image": torch.rand(4, 3, 32, 32, generator=g), "mask": mask, "valid": valid},
-             "unlabeled": {"image": torch.rand(4, 3, 32, 32, generator=g), "valid": valid.clone()}}
-    losses = method(batch, Step(0, 0, 10, 20))
+    return {"labeled": {"image": torch.rand(4, 3, 32, 32, generator=g), "mask": mask, "valid": valid},
+            "unlabeled": {"image": torch.rand(4, 3, 32, 32, generator=g), "valid": valid.clone()}}
+
+
+@pytest.mark.parametrize("name", PSEUDO_LABELLING)
+def test_every_pseudo_labelling_method_aligns(name, make_pseudo_labelling):
+    method = make_pseudo_labelling(name, K, class_prior=PRIOR * 100, pseudo_label={"align": "hard_share"})
+    assert type(method).wants_class_prior(method.cfg)
+    losses = method(random_batch(), Step(0, 0, 10, 20))
     assert torch.isfinite(losses["loss"])
     state = method.state_dict()
     assert torch.allclose(state["alignment.prior"], PRIOR)
     assert int(state["alignment.updates"]) == 1 and state["alignment.bias"].abs().sum() > 0
     assert {"align_bias", "align_measured_share", "class_prior"} <= set(method.extra_logs())
+
+
+@pytest.mark.parametrize("name", PSEUDO_LABELLING)
+def test_every_pseudo_labelling_method_filters_per_class(name, make_pseudo_labelling):
+    # a threshold the untrained model's confidences straddle; selftrain and dgcl drop 20 % by entropy
+    options = {} if name in ("selftrain", "dgcl") else {"threshold": 0.39}
+    kept = {}
+    for rule in ("global", "per_class"):
+        method = make_pseudo_labelling(name, K, class_prior=PRIOR * 100,
+                                       pseudo_label={"align": "hard_share", "filter": rule}, **options)
+        losses = method(random_batch(), Step(0, 0, 10, 20))
+        assert torch.isfinite(losses["loss"])
+        kept[rule] = method.extra_logs()["pseudo_label_share"]
+    assert kept["per_class"] != kept["global"]  # the rule reaches the pseudo-labels of every method
+    assert sum(v > 0 for v in kept["per_class"]) >= sum(v > 0 for v in kept["global"])
 
 
 @pytest.mark.parametrize("name", ["selftrain", "fixmatch"])
