@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--updates", type=int, default=30, help="hard_share: bias updates (default: 30)")
     p.add_argument("--threshold", type=float, default=0.0,
                    help="pixels whose aligned confidence is below this are written as 255, ignore (default: 0)")
+    p.add_argument("--per-class", action="store_true",
+                   help="also keep each class's most confident pixels at the share --threshold keeps overall "
+                        "(docs/methods/alignment.md, \"Per-class filter\")")
     p.add_argument("--stride", type=int, default=4, help="pixel stride of the class-mix sample (default: 4)")
     p.add_argument("--overwrite", action="store_true", help="replace pseudo-labels that exist in OUT")
     p.add_argument("--model", help="which of the method's models to use (default: the method's first)")
@@ -295,7 +298,8 @@ def cmd_pseudo_label(args) -> int:
     labeled = args.labeled or cfg.data.labeled_list or cfg.data.train_list
     device = inference_device(cfg)
     manifest = run_pseudo_label(model.to(device), cfg, args.checkpoint, args.images, Path(args.out), labeled,
-                                args.align, args.threshold, args.updates, args.stride, args.overwrite, device)
+                                args.align, args.threshold, args.updates, args.stride, args.overwrite, device,
+                                per_class=args.per_class)
     names = manifest["class_names"]
     print(f"{manifest['num_images']} pseudo-labels from the {name} of {args.checkpoint} in {args.out} "
           f"(align {args.align}; {100 * manifest['ignored_fraction']:.1f}% ignored)")

@@ -4,8 +4,9 @@ Pass 1 predicts every image and keeps every ``stride``-th pixel's probabilities;
 images) the class-mix alignment bias b is fitted to the labeled list's class prior π (docs/methods/alignment.md,
 "Offline"): ``hard_share`` iterates b_c += η · clip(log π_c − log s_c, −δ, δ) ``updates`` times, s the argmax
 shares of the sampled pixels under b; ``mean_prob`` sets b = log π − log p̄. Pass 2 predicts again and writes
-argmax(log p + b) as a palette PNG per image, 255 (ignore) where the aligned confidence is below ``threshold``,
-with ``pseudo.txt`` (these pairs), ``train.txt`` (the labeled list and these pairs, for ``data.train_list``) and
+argmax(log p + b) as a palette PNG per image, 255 (ignore) where the aligned confidence is below ``threshold``
+(``per_class``: below its class's threshold min(τ, τ_c), fitted on the pass-1 sample as in training's
+``pseudo_label.filter: per_class``), with ``pseudo.txt`` (these pairs), ``train.txt`` (the labeled list and these pairs, for ``data.train_list``) and
 ``manifest.json``. Every output is checked before anything is predicted: none may be an input or exist already
 (unless ``overwrite``), and two images may not share one.
 """
@@ -28,7 +29,7 @@ from sparseg.data.datasets import DatasetSpec, SegmentationDataset
 from sparseg.eval.inference import predict_probs
 from sparseg.eval.visualize import save_mask_png
 from sparseg.labels import IGNORE
-from sparseg.methods.alignment import hard_share_step, mean_prob_bias
+from sparseg.methods.alignment import class_thresholds, hard_share_step, mean_prob_bias
 from sparseg.serialization import write_atomic
 
 ALIGNMENTS = ("none", "hard_share", "mean_prob")
@@ -67,11 +68,22 @@ def fit_bias(log_probs: torch.Tensor, prior: torch.Tensor, align: str, updates: 
     return bias
 
 
-def pseudo_labels(probs: torch.Tensor, bias: torch.Tensor, threshold: float) -> torch.Tensor:
-    """argmax of log p + b, 255 where the aligned probability of that class is below ``threshold``; [H, W] int64."""
+def pseudo_labels(probs: torch.Tensor, bias: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """argmax of log p + b, 255 where the aligned probability of that class is below its entry of ``thresholds``
+    [K]; [H, W] int64."""
     aligned = (probs.clamp_min(1e-12).log() + bias.to(probs.device)[:, None, None]).softmax(0)
     confidence, labels = aligned.max(0)
-    return labels.masked_fill(confidence < threshold, IGNORE)
+    return labels.masked_fill(confidence < thresholds.to(probs.device)[labels], IGNORE)
+
+
+def fit_thresholds(log_probs: torch.Tensor, bias: torch.Tensor, threshold: float, per_class: bool) -> torch.Tensor:
+    """Each class's confidence threshold [K] for pixels ``log_probs`` [N, K] under the bias b: τ for all, or
+    with ``per_class`` min(τ, τ_c) (sparseg.methods.alignment.class_thresholds)."""
+    num_classes = log_probs.shape[1]
+    if not per_class:
+        return torch.full((num_classes,), float(threshold))
+    confidence, labels = (log_probs + bias).softmax(1).max(1)
+    return class_thresholds(confidence, labels, threshold, num_classes)
 
 
 @dataclass(frozen=True)
@@ -109,7 +121,7 @@ def plan_outputs(images: list[Path], root: Path, out: Path, inputs: set[Path], o
 
 def run_pseudo_label(model: nn.Module, cfg: Config, checkpoint: str, images_list: str, out: Path,
                      labeled_list: str | None, align: str, threshold: float, updates: int, stride: int,
-                     overwrite: bool, device: torch.device) -> dict:
+                     overwrite: bool, device: torch.device, per_class: bool = False) -> dict:
     """Write the pseudo-labels of ``images_list`` (see the module docstring); returns the manifest."""
     data = cfg.data.model_copy(update={"unlabeled_list": images_list, "labeled_list": labeled_list})
     images = build_dataset(data, "unlabeled_list", labeled=False, transform=EvalTransform())
@@ -125,10 +137,11 @@ def run_pseudo_label(model: nn.Module, cfg: Config, checkpoint: str, images_list
     prior = (prior / prior.sum().clamp_min(1)).float()
     sampled = sampled_log_probs(image_probs(model, images, cfg, device, "Pass 1: class mix"), stride)
     bias = fit_bias(sampled, prior, align, updates)
+    thresholds = fit_thresholds(sampled, bias, threshold, per_class)
     counts = np.zeros(spec.num_classes, dtype=np.int64)
     ignored = total = 0
     for index, probs in image_probs(model, images, cfg, device, "Pass 2: writing"):
-        labels = pseudo_labels(probs, bias, threshold).cpu().numpy().astype(np.uint8)
+        labels = pseudo_labels(probs, bias, thresholds).cpu().numpy().astype(np.uint8)
         outputs.masks[index].parent.mkdir(parents=True, exist_ok=True)
         save_mask_png(labels, spec.palette, outputs.masks[index])
         counts += np.bincount(labels[labels != IGNORE], minlength=spec.num_classes)[: spec.num_classes]
@@ -141,7 +154,8 @@ def run_pseudo_label(model: nn.Module, cfg: Config, checkpoint: str, images_list
     share_before = torch.bincount(sampled.argmax(1), minlength=spec.num_classes).float() / len(sampled)
     manifest = {
         "checkpoint": str(checkpoint), "images": str(images_list), "labeled": labeled_list, "align": align,
-        "updates": updates if align == "hard_share" else None, "threshold": threshold, "stride": stride,
+        "updates": updates if align == "hard_share" else None, "threshold": threshold, "per_class": per_class,
+        "class_thresholds": thresholds.tolist(), "stride": stride,
         "class_names": list(spec.class_names), "prior": prior.tolist(), "bias": bias.tolist(),
         "argmax_share_before": share_before.tolist(),
         "pseudo_label_share": (counts / max(counts.sum(), 1)).tolist(), "ignored_fraction": ignored / max(total, 1),

@@ -10,7 +10,7 @@ from PIL import Image
 from sparseg.cli import main
 from sparseg.data import make_synthetic_dataset
 from sparseg.labels import IGNORE
-from sparseg.pseudo_label import fit_bias, pseudo_labels
+from sparseg.pseudo_label import fit_bias, fit_thresholds, pseudo_labels
 
 
 def test_hard_share_fit_brings_the_argmax_shares_to_the_prior():
@@ -28,10 +28,25 @@ def test_hard_share_fit_brings_the_argmax_shares_to_the_prior():
 
 def test_pseudo_labels_ignore_unsure_pixels():
     probs = torch.tensor([[0.9, 0.5], [0.1, 0.5]])[:, None, :]  # [K=2, H=1, W=2]
-    labels = pseudo_labels(probs, torch.zeros(2), threshold=0.6)
+    labels = pseudo_labels(probs, torch.zeros(2), torch.tensor([0.6, 0.6]))
     assert labels.tolist() == [[0, IGNORE]]
-    shifted = pseudo_labels(probs, torch.tensor([0.0, 3.0]), threshold=0.0)  # b favours class 1
+    shifted = pseudo_labels(probs, torch.tensor([0.0, 3.0]), torch.zeros(2))  # b favours class 1
     assert shifted.tolist() == [[1, 1]]
+    assert pseudo_labels(probs, torch.zeros(2), torch.tensor([0.4, 0.6])).tolist() == [[0, 0]]  # per class
+
+
+def test_per_class_thresholds_keep_an_unsure_class_at_the_kept_share():
+    confidence = torch.cat([torch.linspace(0.8, 0.99, 90), torch.linspace(0.55, 0.65, 10)])
+    second = torch.where(torch.arange(100) < 90, 1.0, 0.0)  # classes 0 (sure) and 1 (unsure) win in turn
+    probs = torch.stack([torch.where(second.bool(), confidence, 1 - confidence),
+                         torch.where(second.bool(), 1 - confidence, confidence), torch.full((100,), 1e-9)], 1)
+    log_probs = probs.log()
+    bias = torch.zeros(3)
+    assert fit_thresholds(log_probs, bias, 0.7, per_class=False).tolist() == pytest.approx([0.7] * 3)
+    thresholds = fit_thresholds(log_probs, bias, 0.7, per_class=True)  # 90 % pass τ overall
+    assert thresholds[0] == pytest.approx(0.7) and thresholds[2] == pytest.approx(0.7)  # no class-2 pixel
+    kept = (probs.max(1).values >= thresholds[probs.argmax(1)]) & (probs.argmax(1) == 1)
+    assert int(kept.sum()) == 9  # the 9 most confident of the 10 class-1 pixels
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +71,10 @@ train: {{iters: 2, device: cpu}}
 def test_command_writes_labels_lists_and_manifest_that_train(trained, tmp_path, capsys):
     root, checkpoint = trained
     out = tmp_path / "pl"
-    assert main(["pseudo-label", str(checkpoint), "unlabeled.txt", "--out", str(out), "--threshold", "0.2"]) == 0
+    assert main(["pseudo-label", str(checkpoint), "unlabeled.txt", "--out", str(out), "--threshold", "0.2",
+                 "--per-class"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["per_class"] and all(t <= 0.2 + 1e-6 for t in manifest["class_thresholds"])
     assert manifest["align"] == "hard_share" and manifest["num_images"] == 4 and manifest["labeled"] == "labeled.txt"
     assert abs(sum(manifest["prior"]) - 1) < 1e-6
     pairs = [line.split() for line in (out / "pseudo.txt").read_text().splitlines()]

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from sparseg.labels import IGNORE
 from sparseg.methods.base import MethodConfig
 from sparseg.methods.losses import resize_nearest
-from sparseg.stats import all_reduce_sum
+from sparseg.stats import all_reduce_sum, quantile
 
 _EPS = 1e-6  # floor of a measured share or mean probability inside the log
 
@@ -47,6 +47,19 @@ def hard_share_step(prior: Tensor, share: Tensor, rate: float, clip: float) -> T
     step = torch.zeros_like(prior)
     step[known] = rate * (prior[known].log() - share[known].clamp_min(_EPS).log()).clamp(-clip, clip)
     return step
+
+
+def class_thresholds(conf: Tensor, label: Tensor, threshold: float, num_classes: int) -> Tensor:
+    """Per-class confidence thresholds min(τ, τ_c) [K] for pixels with confidences ``conf`` and labels ``label``
+    (1-D): τ_c is the quantile of class c's confidences at 1 − r, r the share of all pixels with c ≥ τ, so every
+    class keeps at least the share r of its pixels (τ for a class without pixels, and for all when r = 0)
+    (docs/methods/alignment.md, "Per-class filter")."""
+    thresholds = torch.full((num_classes,), float(threshold), device=conf.device)
+    kept_share = float((conf >= threshold).float().mean()) if conf.numel() else 0.0
+    if kept_share > 0:
+        for c in label.unique().tolist():
+            thresholds[c] = min(threshold, float(quantile(conf[label == c], 1.0 - kept_share)))
+    return thresholds
 
 
 def mean_prob_bias(prior: Tensor, mean_probs: Tensor) -> Tensor:

@@ -4,7 +4,8 @@ A teacher predicts the weak view x_w of each unlabeled image: probabilities P, c
 Each strong view is x_w with strong photometric augmentation and a CutMix box pasted from a partner image
 of the same batch; ŷ, c and the valid mask take the partner's values inside the same box. The student
 learns ŷ on every strong view where c ≥ τ (``pseudo_label.filter: per_class`` also keeps each class's most
-confident pixels at the kept share, see ``confident_pixels``). Subclasses say how the student is run and weigh the terms:
+confident pixels at the kept share, see ``confident_pixels``). Subclasses say how the student is run and weigh
+the terms:
 
     L = ½ [L_x + Σ_s w_s L_u^s + w_fp L_fp + plug-in terms]                       (depmatch.md §6)
 
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from sparseg.data.transforms import cutmix, random_area_boxes, strong_photometric
 from sparseg.labels import IGNORE
-from sparseg.methods.alignment import ClassMixAlignment, ClassShares, PseudoLabelConfig
+from sparseg.methods.alignment import ClassMixAlignment, ClassShares, PseudoLabelConfig, class_thresholds
 from sparseg.methods.base import Method, MethodConfig, MethodContext, Step, step_generator
 from sparseg.methods.copy_paste import CopyPasteConfig, Pasted, RareClassCopyPaste
 from sparseg.methods.losses import upsample
@@ -34,7 +35,6 @@ from sparseg.methods.supervised import SupervisedConfig, supervised_loss
 from sparseg.methods.teacher import create_teacher, ema_decay, ema_update, ema_update_buffers
 from sparseg.plugins.depmatch import DepMatch, DepMatchConfig
 from sparseg.plugins.views import StrongView
-from sparseg.stats import quantile
 
 
 class ConsistencyConfig(MethodConfig):
@@ -83,16 +83,12 @@ class ConsistencyConfig(MethodConfig):
 
 
 def confident_pixels(conf: Tensor, label: Tensor, valid: Tensor, threshold: float, per_class: bool = False) -> Tensor:
-    """valid ∧ c ≥ τ; ``per_class`` (docs/methods/alignment.md, "Per-class filter"): also each pseudo-class's
-    pixels with c ≥ τ_c, the quantile of its valid pixels' c at 1 − r, where r is the share c ≥ τ keeps, so
-    every class keeps at least the share r of its pixels."""
-    keep = (conf >= threshold) & valid
-    kept_share = float(keep.sum() / valid.sum().clamp_min(1))
-    if per_class and kept_share > 0:
-        for c in label[valid].unique():
-            members = valid & (label == c)
-            keep[members] |= conf[members] >= quantile(conf[members], 1.0 - kept_share)
-    return keep
+    """valid ∧ c ≥ τ; ``per_class``: valid ∧ c ≥ min(τ, τ_c) with τ_c from ``class_thresholds`` over the valid
+    pixels (docs/methods/alignment.md, "Per-class filter")."""
+    if not per_class:
+        return (conf >= threshold) & valid
+    thresholds = class_thresholds(conf[valid], label[valid], threshold, int(label.max()) + 1)
+    return (conf >= thresholds[label]) & valid
 
 
 @dataclass
