@@ -10,6 +10,10 @@ follows the labeled class prior π instead of erasing the classes an early teach
 
 Classes absent from the labels (π_c = 0) keep b_c = 0. Under torch.distributed the per-class statistics are
 summed over processes, so every process holds the same b. b, s (or p̄) and π are buffers: saved and resumed.
+
+``filter: per_class`` (docs/methods/alignment.md, "Per-class filter") keeps a class's pixels past the confidence
+or entropy filter at the share the filter keeps overall (``class_thresholds``; the entropy form in
+sparseg/methods/selftrain.py), so the pixels the bias turns to a rare class are not dropped again.
 """
 
 from __future__ import annotations
