@@ -6,8 +6,8 @@
 #   OUT/semi                  the recommended semi-supervised recipe (configs/camvid/selftrain_aligned.yaml)
 #                             started from OUT/supervised/last.pt, 800 iterations
 # Both arms start from the same checkpoint and run the same iterations with the same schedule; the seed sets the
-# data order and dropout of all three. Each run's last.pt is scored on val (OUT/<arm>/val.json) and on the 321
-# held-out training images of splits/1_8/unlabeled.txt with their masks (OUT/<arm>/heldout.json); for the
+# data order and dropout of all three. Each run's last.pt is scored on val (OUT/<arm>/val.json) and on the
+# held-out training images of splits/1_8/unlabeled.txt (321) with their masks (OUT/<arm>/heldout.json); for the
 # semi arm that is the teacher, the model `sparseg eval` scores by default.
 #
 # Usage: bash benchmarks/camvid_payoff.sh SEED OUT [STAGE]
@@ -16,6 +16,8 @@
 #   SEMI_NAME=selftrain_plain SEMI_SET="method.pseudo_label.align=none" bash benchmarks/camvid_payoff.sh 0 OUT semi
 #   ITERS lengthens both arms alike (train.iters, the same poly schedule stretched) and names their folders
 #   OUT/supervised_continued_ITERS and OUT/semi_ITERS (SEMI_NAME still wins for the semi arm).
+#   SPLIT (default 1_8; 1_16 or 1_4) picks splits/SPLIT/labeled.txt and unlabeled.txt for every arm and the
+#   held-out score; give each split its own OUT, e.g. SPLIT=1_4 bash benchmarks/camvid_payoff.sh 0 runs/payoff_1_4/s0
 # One thread per process (two side by side on a 2-core CPU); CAMVID moves the data root.
 set -euo pipefail
 seed=${1:?usage: camvid_payoff.sh SEED OUT [STAGE]}
@@ -28,7 +30,9 @@ semi_name=${SEMI_NAME:-semi${iters:+_$iters}}
 continued_name=supervised_continued${iters:+_$iters}
 schedule=${iters:+train.iters=$iters}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-labeled="data.train_list=splits/1_8/labeled.txt"
+split=${SPLIT:-1_8}
+[ -f "$root/splits/$split/labeled.txt" ] || { echo "camvid_payoff: SPLIT=$split: $root/splits/$split/labeled.txt not found" >&2; exit 2; }
+labeled="data.train_list=splits/$split/labeled.txt"
 start="$out/supervised/last.pt"
 
 supervised() {
@@ -48,7 +52,8 @@ semi() {
   need_start
   # shellcheck disable=SC2086  # SEMI_SET is a list of --set items
   sparseg train "$semi_config" --out "$out/$semi_name" --overwrite \
-    --set seed="$seed" data.root="$root" model.pretrained="$start" $schedule ${SEMI_SET:-}
+    --set seed="$seed" data.root="$root" data.labeled_list="splits/$split/labeled.txt" \
+    data.unlabeled_list="splits/$split/unlabeled.txt" model.pretrained="$start" $schedule ${SEMI_SET:-}
 }
 score() {
   for run in "$out"/*/; do
@@ -56,7 +61,7 @@ score() {
     [ -f "$run/last.pt" ] || continue
     if ! { [ "$run/val.json" -nt "$run/last.pt" ] && [ "$run/heldout.json" -nt "$run/last.pt" ]; }; then
       sparseg eval "$run/last.pt" --set data.root="$root" --json "$run/val.json" > /dev/null
-      sparseg eval "$run/last.pt" --set data.root="$root" data.val_list=splits/1_8/unlabeled.txt \
+      sparseg eval "$run/last.pt" --set data.root="$root" data.val_list="splits/$split/unlabeled.txt" \
         --json "$run/heldout.json" > /dev/null
     fi  # scores newer than the checkpoint are kept
     python - "$run" <<'PY'
