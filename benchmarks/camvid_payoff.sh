@@ -8,7 +8,8 @@
 # Both arms start from the same checkpoint and run the same iterations with the same schedule; the seed sets the
 # data order and dropout of all three. Each run's last.pt is scored on val (OUT/<arm>/val.json) and on the
 # held-out training images of splits/1_8/unlabeled.txt (321) with their masks (OUT/<arm>/heldout.json); for the
-# semi arm that is the teacher, the model `sparseg eval` scores by default.
+# semi arm that is the teacher, the model `sparseg eval` scores by default. OUT/<arm>/labeled.json scores it on
+# its own labeled images (splits/1_8/labeled.txt): how well the model fits what it was trained on.
 #
 # Usage: bash benchmarks/camvid_payoff.sh SEED OUT [STAGE]
 #   STAGE: all (default: supervised, then the two arms side by side, then scores), supervised, continued, semi,
@@ -64,11 +65,15 @@ score() {
       sparseg eval "$run/last.pt" --set data.root="$root" data.val_list="splits/$split/unlabeled.txt" \
         --json "$run/heldout.json" > /dev/null
     fi  # scores newer than the checkpoint are kept
+    if ! [ "$run/labeled.json" -nt "$run/last.pt" ]; then
+      sparseg eval "$run/last.pt" --set data.root="$root" data.val_list="splits/$split/labeled.txt" \
+        --json "$run/labeled.json" > /dev/null
+    fi
     python - "$run" <<'PY'
 import json, sys
 run = sys.argv[1]
-val, held = (json.load(open(f"{run}/{name}.json"))["miou"] for name in ("val", "heldout"))
-print(f"{run}: val mIoU {val:.2f}, held-out mIoU {held:.2f}")
+val, held, labeled = (json.load(open(f"{run}/{name}.json"))["miou"] for name in ("val", "heldout", "labeled"))
+print(f"{run}: val mIoU {val:.2f}, held-out mIoU {held:.2f}, labeled-image mIoU {labeled:.2f}")
 PY
   done
 }

@@ -1,6 +1,7 @@
 """The tables of docs/methods/alignment.md from `benchmarks/camvid_payoff.sh` runs: one folder per seed
 (ROOT/s0, ROOT/s1, ...), each holding its arms (supervised, supervised_continued, semi, ...) with the val.json
-and heldout.json the script's score stage wrote.
+and heldout.json the script's score stage wrote (and labeled.json, the arm on its own labeled images, where
+present: printed as a third block, not in the markdown table).
 
     python benchmarks/summarize_payoff.py runs/payoff [--baseline supervised_continued] [--classes pavement pole]
     python benchmarks/summarize_payoff.py runs/payoff --markdown     # the table as in the docs
@@ -18,14 +19,14 @@ from pathlib import Path
 
 
 def load(root: Path) -> dict[str, dict[int, dict[str, dict]]]:
-    """{arm: {seed: {"val": result, "heldout": result}}} of every scored run under ``root``."""
+    """{arm: {seed: {"val": result, "heldout": result[, "labeled": result]}}} of every scored run under ``root``."""
     arms: dict[str, dict[int, dict[str, dict]]] = {}
     for seed_dir in sorted(root.glob("s[0-9]*")):
         seed = int(seed_dir.name[1:])
         for arm_dir in sorted(p for p in seed_dir.iterdir() if p.is_dir()):
             scores = {split: json.loads((arm_dir / f"{split}.json").read_text())
-                      for split in ("val", "heldout") if (arm_dir / f"{split}.json").is_file()}
-            if len(scores) == 2:
+                      for split in ("val", "heldout", "labeled") if (arm_dir / f"{split}.json").is_file()}
+            if "val" in scores and "heldout" in scores:
                 arms.setdefault(arm_dir.name, {})[seed] = scores
     return arms
 
@@ -75,11 +76,14 @@ def main() -> None:
     if args.markdown:
         print_markdown(arms, args.baseline, args.classes)
         return
-    for split in ("heldout", "val"):
+    for split in ("heldout", "val", "labeled"):
         print(f"\n{split} mIoU (per seed; mean, half-range; vs {args.baseline} as long: mean difference (seeds ahead))")
-        for arm, runs in arms.items():
+        for arm, all_runs in arms.items():
+            runs = {s: r for s, r in all_runs.items() if split in r}
+            if not runs:
+                continue
             own = baseline_of(arm, args.baseline)
-            base = arms.get(own, {})
+            base = {s: r for s, r in arms.get(own, {}).items() if split in r}
             seeds = sorted(runs)
             values = [runs[s][split]["miou"] for s in seeds]
             line = (f"{arm:<22} " + " ".join(f"s{s} {v:5.2f}" for s, v in zip(seeds, values))
