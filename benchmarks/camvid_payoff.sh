@@ -60,6 +60,10 @@ score() {
   for run in "$out"/*/; do
     run=${run%/}
     [ -f "$run/last.pt" ] || continue
+    if [ -f "$run/train.lock" ]; then  # a run still training: its last.pt is an intermediate checkpoint
+      echo "$run: not scored, $run/train.lock says it is training (delete the lock if no training runs there)"
+      continue
+    fi
     if ! { [ "$run/val.json" -nt "$run/last.pt" ] && [ "$run/heldout.json" -nt "$run/last.pt" ]; }; then
       sparseg eval "$run/last.pt" --set data.root="$root" --json "$run/val.json" > /dev/null
       sparseg eval "$run/last.pt" --set data.root="$root" data.val_list="splits/$split/unlabeled.txt" \
