@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="parent folder of the run directory OUT/METHOD")
     p.add_argument("--iters", type=int, help="training iterations (default: the demo's own)")
     p.add_argument("--seed", type=int, default=0, help="run seed")
+    p.add_argument("--from-supervised", action="store_true",
+                   help="semi-supervised methods: start from the supervised baseline with class-mix alignment, "
+                        "the per-class filter and rare-class copy-paste, beside the baseline trained as long "
+                        "(docs/methods/alignment.md)")
 
     p = sub.add_parser("analyze", help="feature-clustering scores of a checkpoint's decoder features (DGCL paper)")
     p.add_argument("checkpoint", help="a last.pt or best.pt written by sparseg train")
@@ -314,7 +318,8 @@ def cmd_pseudo_label(args) -> int:
 def cmd_demo(args) -> int:
     from sparseg.demo import run_demo
 
-    run_demo(method=args.method, out=Path(args.out), iters=args.iters, seed=args.seed)
+    run_demo(method=args.method, out=Path(args.out), iters=args.iters, seed=args.seed,
+             from_supervised=args.from_supervised)
     return 0
 
 

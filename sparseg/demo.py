@@ -6,6 +6,10 @@ for 1/8 of the images, after the supervised baseline on the same labeled images,
 compared; sparse-label methods (a ``label_kind`` attribute: points, clicks or scribbles) on that kind of
 labels, synthesised once from the dense masks. A method can adjust its demo config through its
 ``demo_overrides`` attribute (``iters`` included). Results are deterministic per seed and thread count.
+
+With ``from_supervised`` a semi-supervised method starts from the supervised baseline's checkpoint with the
+components of the recommended recipe (``FROM_SUPERVISED``, docs/methods/alignment.md) and the method's own
+``trained_start_overrides``, beside the baseline continued for as many iterations (camvid_payoff.sh's protocol).
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ class DemoRecipe:
     iters: int
     config: dict[str, Any] = field(default_factory=dict)  # merged into demo_config()
 
+
+# what a semi-supervised method adds when it starts from the supervised baseline (configs/camvid/selftrain_aligned.yaml)
+FROM_SUPERVISED = {"pseudo_label": {"align": "hard_share", "filter": "per_class"}, "copy_paste": {"classes": 2}}
 
 DEMO_RECIPES = {
     # every image labeled. AdamW on 1000 training images learns the shapes within the budget, and 200
@@ -140,7 +147,7 @@ def _labels(method: str, cls: type, root: Path, out: Path) -> dict[str, Any]:
 
 
 def run_demo(method: str = "supervised", out: Path = Path("runs/demo"), iters: int | None = None,
-             seed: int = 0) -> dict[str, float]:
+             seed: int = 0, from_supervised: bool = False) -> dict[str, float]:
     """Generate the data (cached), train, evaluate, write curves and predictions of 8 validation images (with
     overlays, as ``sparseg predict --overlay``); return the mIoUs."""
     import torch
@@ -152,6 +159,9 @@ def run_demo(method: str = "supervised", out: Path = Path("runs/demo"), iters: i
     cls = method_class(name)
     if plugin and plugin not in DEMO_PLUGINS:
         raise ConfigError(f"--method {method}: unknown plug-in '{plugin}' (known: {', '.join(DEMO_PLUGINS)})")
+    if from_supervised and (recipe_kind(cls) != "semi" or plugin):
+        raise ConfigError(f"--from-supervised: '{method}' is not a semi-supervised method without a plug-in "
+                          "(dgcl, selftrain, fixmatch, unimatch, unimatch_v2)")
     recipe = DEMO_RECIPES[recipe_kind(cls)]
     root = demo_data(recipe.images)
     print(f"demo: {torch.get_num_threads()} CPU thread(s); results are reproducible per seed and thread count")
@@ -173,6 +183,18 @@ def run_demo(method: str = "supervised", out: Path = Path("runs/demo"), iters: i
         finetune["model"]["pretrained"] = str(out / method / "pretrained.pt")
         result = _train(finetune)
         results[f"supervised from {method}"] = result.miou
+    elif from_supervised:
+        start = str(out / "supervised" / "last.pt")
+        continued = demo_config(root, out / "supervised_continued", "supervised", seed, n_iters,
+                                train_list=data["labeled_list"])
+        continued["model"]["pretrained"] = start
+        results["supervised continued"] = _train(continued).miou
+        run_dir = out / f"{method}_from_supervised"
+        raw = _merge(demo_config(root, run_dir, name, seed, n_iters, **data), overrides)
+        _merge(raw["method"], copy.deepcopy({**FROM_SUPERVISED, **cls.trained_start_overrides}))
+        raw["model"]["pretrained"] = start
+        result = _train(raw)
+        results[f"{method} from supervised"] = result.miou
     else:
         result = _train(_merge(demo_config(root, run_dir, name, seed, n_iters, **data), overrides))
         results[method] = result.miou

@@ -1,8 +1,10 @@
 """The demo's recipe table, the CPU thread policy, and one very short demo through the CLI."""
 
+import copy
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ import yaml
 from sparseg import threads
 from sparseg.cli import main
 from sparseg.config import ConfigError, config_from_dict
-from sparseg.demo import DEMO_RECIPES, DemoRecipe, _merge, demo_config, recipe_kind
+from sparseg.demo import DEMO_RECIPES, FROM_SUPERVISED, DemoRecipe, _merge, demo_config, recipe_kind
 from sparseg.methods import list_methods, method_class
 
 
@@ -113,3 +115,36 @@ def test_pretraining_demo_compares_scratch_and_pretrained_and_replaces_its_own_r
     assert config["data"]["train_list"].endswith("labeled.txt")
     assert list((finetuned / "predictions").rglob("*.png"))
     assert not list(tmp_path.rglob("previous-*"))
+
+
+def test_from_supervised_demo_starts_the_method_from_the_baseline_beside_it_continued(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(DEMO_RECIPES, "semi", DemoRecipe({"n_train": 64, "n_val": 3, "size": 32}, 2))
+    assert main(["demo", "--method", "selftrain", "--from-supervised", "--iters", "2", "--out", str(tmp_path)]) == 0
+    comparison = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("comparison: "))
+    assert [part.rsplit(" ", 1)[0] for part in comparison[len("comparison: "):].split(", ")] == [
+        "supervised", "supervised continued", "selftrain from supervised"]
+    start = str(tmp_path / "supervised" / "last.pt")
+    continued = yaml.safe_load((tmp_path / "supervised_continued" / "config.yaml").read_text())
+    semi = yaml.safe_load((tmp_path / "selftrain_from_supervised" / "config.yaml").read_text())
+    assert continued["model"]["pretrained"] == semi["model"]["pretrained"] == start
+    assert continued["train"]["iters"] == semi["train"]["iters"] == 2  # both arms as long
+    assert semi["method"]["pseudo_label"]["align"] == "hard_share" and semi["method"]["warmup_epochs"] == 0
+    assert list((tmp_path / "selftrain_from_supervised" / "predictions").rglob("*.png"))
+
+
+@pytest.mark.parametrize("method", ["supervised", "agmm", "fixmatch+depmatch"])
+def test_from_supervised_refuses_other_methods_before_any_work(tmp_path, capsys, method):
+    assert main(["demo", "--method", method, "--from-supervised", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --from-supervised: '{method}' is not") and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_from_supervised_is_the_camvid_recipe():
+    """The demo's start-from-supervised keys are those of configs/camvid/selftrain_aligned.yaml, so the demo
+    shows the recommended recipe and the two cannot drift apart."""
+    recipe = yaml.safe_load(open(Path(__file__).parent.parent / "configs/camvid/selftrain_aligned.yaml"))["method"]
+    cls = method_class("selftrain")
+    assert recipe.pop("name") == "selftrain"
+    demo = cls.Config(**copy.deepcopy({**FROM_SUPERVISED, **cls.trained_start_overrides}))
+    assert demo == cls.Config(**recipe)

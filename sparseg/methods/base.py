@@ -86,6 +86,8 @@ class Method(nn.Module):
     score_name: ClassVar[str] = "val"  # what ``evaluate`` measures, in the log: "val mIoU", "probe mIoU"
     unused_parameters: ClassVar[bool] = False  # some model parameters get no gradient (DDP must be told)
     demo_overrides: ClassVar[dict[str, Any]] = {}  # `sparseg demo`: config keys (and `iters`) on its recipe
+    # ``method:`` keys of a run that starts from a trained model (``sparseg demo --from-supervised``)
+    trained_start_overrides: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def wants_class_prior(cls, cfg: MethodConfig) -> bool:

@@ -171,6 +171,10 @@ class SelfTrain(Method):
     Config = SelfTrainConfig
     streams = ("labeled", "unlabeled")
     demo_overrides: ClassVar[dict[str, Any]] = {"iters": 240}
+    # the start is already trained: pseudo-labels from the first step, an EMA teacher at once, with a horizon
+    # (~100 steps) shorter than the run (configs/camvid/selftrain_aligned.yaml)
+    trained_start_overrides: ClassVar[dict[str, Any]] = {"warmup_epochs": 0, "teacher_sync_epochs": 0,
+                                                         "ema_momentum": 0.99}
 
     @classmethod
     def wants_class_prior(cls, cfg: SelfTrainConfig) -> bool:
