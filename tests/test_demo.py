@@ -143,7 +143,7 @@ def test_from_supervised_refuses_other_methods_before_any_work(tmp_path, capsys,
 def test_from_supervised_is_the_camvid_recipe():
     """The demo's start-from-supervised keys are those of configs/camvid/selftrain_aligned.yaml, so the demo
     shows the recommended recipe and the two cannot drift apart."""
-    recipe = yaml.safe_load(open(Path(__file__).parent.parent / "configs/camvid/selftrain_aligned.yaml"))["method"]
+    recipe = yaml.safe_load((Path(__file__).parent.parent / "configs/camvid/selftrain_aligned.yaml").read_text())["method"]
     cls = method_class("selftrain")
     assert recipe.pop("name") == "selftrain"
     demo = cls.Config(**copy.deepcopy({**FROM_SUPERVISED, **cls.trained_start_overrides}))
