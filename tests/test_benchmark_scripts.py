@@ -69,6 +69,47 @@ def test_camvid_queue_refuses_to_start_without_sparseg(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def _payoff(tmp_path, stage, **env):
+    """camvid_payoff.sh with a stand-in sparseg that records its arguments and writes the --json it is given."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "sparseg"
+    fake.write_text('#!/usr/bin/env bash\necho "$@" >> "$(dirname "$0")/calls"\n'
+                    'while [ $# -gt 0 ]; do [ "$1" = --json ] && echo \'{"miou": 1.0}\' > "$2"; shift; done\n')
+    fake.chmod(0o755)
+    root = tmp_path / "camvid"
+    for split in ("1_8", "1_4"):
+        (root / "splits" / split).mkdir(parents=True, exist_ok=True)
+        (root / "splits" / split / "labeled.txt").write_text("a.png a_L.png\n")
+    full_env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "CAMVID": str(root), **env}
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "camvid_payoff.sh"), "0", str(tmp_path / "out"), stage],
+                          cwd=REPO, env=full_env, capture_output=True, text=True, check=False)
+    calls = bin_dir / "calls"
+    return done, calls.read_text().splitlines() if calls.exists() else []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="bash script")
+def test_camvid_payoff_scores_finished_runs_on_the_splits_lists_and_skips_a_run_still_training(tmp_path):
+    for arm in ("supervised", "semi"):
+        (tmp_path / "out" / arm).mkdir(parents=True)
+        (tmp_path / "out" / arm / "last.pt").write_bytes(b"")
+    (tmp_path / "out" / "semi" / "train.lock").write_text("123")
+    done, calls = _payoff(tmp_path, "score", SPLIT="1_4")
+    assert done.returncode == 0, done.stderr
+    assert "semi: not scored" in done.stdout and "supervised: val mIoU 1.00, held-out mIoU 1.00" in done.stdout
+    assert not (tmp_path / "out" / "semi" / "val.json").exists()
+    assert len(calls) == 3 and all(call.startswith(f"eval {tmp_path / 'out' / 'supervised'}/last.pt") for call in calls)
+    assert "data.val_list" not in calls[0]  # val: the checkpoint's own list
+    assert "data.val_list=splits/1_4/unlabeled.txt" in calls[1] and "data.val_list=splits/1_4/labeled.txt" in calls[2]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="bash script")
+def test_camvid_payoff_refuses_an_unknown_split_before_any_work(tmp_path):
+    done, calls = _payoff(tmp_path, "supervised", SPLIT="1_3")
+    assert done.returncode == 2 and calls == []
+    assert done.stderr.strip() == f"camvid_payoff: SPLIT=1_3: {tmp_path / 'camvid'}/splits/1_3/labeled.txt not found"
+
+
 def test_pseudo_label_shares_average_each_window_of_train_records(tmp_path):
     spec = importlib.util.spec_from_file_location("pseudo_label_shares", REPO / "benchmarks" / "pseudo_label_shares.py")
     script = importlib.util.module_from_spec(spec)
