@@ -1,4 +1,4 @@
-"""The CamVid job runner passes every job's overrides to ``sparseg train`` (checked with a stand-in command)."""
+"""The benchmark scripts: the CamVid job runner and the payoff script (with a stand-in `sparseg`), and helpers."""
 
 import importlib.util
 import json
