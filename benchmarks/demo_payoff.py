@@ -7,9 +7,11 @@ several seeds (camvid_payoff.sh's protocol on the demo's semi-supervised data: 2
     M_from_supervised           method M from the same checkpoint with alignment, the per-class filter and
                                 rare-class copy-paste (sparseg.demo.FROM_SUPERVISED), as many iterations
 
-Each last.pt (the teacher where there is one) is scored on the val images, on the held-out training images
-(the split's unlabeled list, with their generated masks) and on its own labeled images; the table compares the
-method with the supervised model trained as long. docs/methods/alignment.md, "The demo".
+The budget is the method's demo budget (selftrain, dgcl: 240 iterations; fixmatch, unimatch: 200), so each method
+has its own baseline: runs go to OUT/METHOD/sSEED/ARM. Each last.pt (the teacher where there is one) is scored on
+the val images, on the held-out training images (the split's unlabeled list, with their generated masks) and on
+its own labeled images; the table compares the method with the supervised model trained as long.
+docs/methods/alignment.md, "The demo".
 
     OMP_NUM_THREADS=1 python benchmarks/demo_payoff.py --method selftrain --seeds 0 1 2 3 4 --out runs/demo_payoff
 """
@@ -56,7 +58,7 @@ def main() -> None:
     arms = ("supervised", "supervised_continued", f"{args.method}_from_supervised")
     scores = {arm: {split: [] for split in SPLITS} for arm in arms}
     for seed in args.seeds:
-        out = args.out / f"s{seed}"
+        out = args.out / args.method / f"s{seed}"  # each method its own baseline (their demo budgets differ)
         if not all((out / arm / "last.pt").exists() for arm in arms):
             with contextlib.redirect_stdout(io.StringIO()):
                 run_demo(args.method, out, args.iters, seed, from_supervised=True)
