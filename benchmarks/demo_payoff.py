@@ -8,7 +8,7 @@ several seeds (camvid_payoff.sh's protocol on the demo's semi-supervised data: 2
                                 rare-class copy-paste (sparseg.demo.FROM_SUPERVISED), as many iterations
 
 The budget is the method's demo budget (selftrain, dgcl: 240 iterations; fixmatch, unimatch: 200), so each method
-has its own baseline: runs go to OUT/METHOD/sSEED/ARM. Each last.pt (the teacher where there is one) is scored on
+has its own baseline: runs go to OUT/METHOD[_ITERS]/sSEED/ARM. Each last.pt (the teacher where there is one) is scored on
 the val images, on the held-out training images (the split's unlabeled list, with their generated masks) and on
 its own labeled images; the table compares the method with the supervised model trained as long.
 docs/methods/alignment.md, "The demo".
@@ -58,7 +58,8 @@ def main() -> None:
     arms = ("supervised", "supervised_continued", f"{args.method}_from_supervised")
     scores = {arm: {split: [] for split in SPLITS} for arm in arms}
     for seed in args.seeds:
-        out = args.out / args.method / f"s{seed}"  # each method its own baseline (their demo budgets differ)
+        # each method (and --iters) its own runs: the demo budgets, hence the baselines, differ
+        out = args.out / f"{args.method}{f'_{args.iters}' if args.iters else ''}" / f"s{seed}"
         if not all((out / arm / "last.pt").exists() for arm in arms):
             with contextlib.redirect_stdout(io.StringIO()):
                 run_demo(args.method, out, args.iters, seed, from_supervised=True)
