@@ -8,9 +8,9 @@ several seeds (camvid_payoff.sh's protocol on the demo's semi-supervised data: 2
                                 rare-class copy-paste (sparseg.demo.FROM_SUPERVISED), as many iterations
 
 The budget is the method's demo budget (selftrain, dgcl: 240 iterations; fixmatch, unimatch: 200), so each method
-has its own baseline: runs go to OUT/METHOD[_ITERS]/sSEED/ARM. Each last.pt (the teacher where there is one) is scored on
-the val images, on the held-out training images (the split's unlabeled list, with their generated masks) and on
-its own labeled images; the table compares the method with the supervised model trained as long.
+has its own baseline: runs go to OUT/METHOD[_ITERS]/sSEED/ARM. Each last.pt (the teacher where there is one) is
+scored on the val images, on the held-out training images (the split's unlabeled list, with their generated
+masks) and on its own labeled images; the table compares the method with the supervised model trained as long.
 docs/methods/alignment.md, "The demo".
 
     OMP_NUM_THREADS=1 python benchmarks/demo_payoff.py --method selftrain --seeds 0 1 2 3 4 --out runs/demo_payoff
